@@ -1,0 +1,3 @@
+from mvssl_lightning.cli import main
+
+main()

@@ -1,0 +1,187 @@
+"""Online weighted k-nearest-neighbour evaluation of the features during validation.
+
+The classifier of Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
+Discrimination" (InstDisc), as in lightly's :func:`lightly.utils.benchmarking.knn_predict`, which is
+used for the computation. With L2-normalised features, a bank ``(b_j, c_j)`` and a query ``q``:
+
+* ``s_j = <q, b_j>`` (cosine similarity), ``N_k(q)`` = the ``k`` largest ``s_j``;
+* class score ``score_c(q) = sum_{j in N_k(q), c_j = c} exp(s_j / T)``;
+* prediction ``argmax_c score_c(q)`` (top-5: the five highest scores).
+
+The bank is the validation loader ``bank_dataloader_idx`` (our datamodule: the train set with the
+eval transform), the queries are loader ``query_dataloader_idx`` (the test set). Under DDP the bank is
+gathered so every process searches the full bank; each process classifies its own queries and the
+correct counts are summed over processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightly.utils.benchmarking import knn_predict
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from mvssl_lightning.callbacks.online_probe import _all_gather_cat, _check_labels, _features_and_targets
+
+__all__ = ["OnlineKNN"]
+
+# Elements of the largest temporary (similarity chunk / one-hot votes) per query chunk.
+_CHUNK_ELEMENTS = 2**25
+
+
+class OnlineKNN(pl.Callback):
+    """Weighted kNN accuracy of the features (Wu et al. 2018), computed at each validation epoch end.
+
+    Args:
+        k: number of neighbours (capped at the bank size).
+        temperature: ``T`` of the vote weights ``exp(s / T)``.
+        num_classes: number of classes; inferred as ``max(bank label) + 1`` when None.
+        bank_dataloader_idx: validation loader providing the bank (labels ``-1`` are left out).
+        query_dataloader_idx: validation loader providing the queries (labels ``-1`` are not scored).
+        log_prefix: prefix of the logged names ``{prefix}/top1`` and ``{prefix}/top5`` (top-5 only
+            if ``num_classes >= 5``); accuracies are fractions in ``[0, 1]``.
+        max_bank_size: keep at most this many bank samples (the first ones in loader order, split
+            evenly over processes); None keeps all. Use a shuffled subset if your data are sorted by
+            class.
+
+    Features come from ``validation_step``'s ``{"features": ...}`` output, or from ``pl_module(x)``
+    under ``torch.no_grad()`` for a module whose ``validation_step`` returns something else. They are
+    L2-normalised and kept in float32 on the module's device until the epoch ends (every process
+    holds the full gathered bank: ``N x D x 4`` bytes), then freed. Sanity-check validation is
+    skipped: it sees only a few batches, and Lightning discards what is logged there.
+    """
+
+    def __init__(
+        self,
+        k: int = 200,
+        temperature: float = 0.1,
+        num_classes: Optional[int] = None,
+        bank_dataloader_idx: int = 0,
+        query_dataloader_idx: int = 1,
+        log_prefix: str = "knn",
+        max_bank_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if max_bank_size is not None and max_bank_size < 1:
+            raise ValueError(f"max_bank_size must be >= 1 or None, got {max_bank_size}")
+        self.k = int(k)
+        self.temperature = float(temperature)
+        self.num_classes = num_classes
+        self.bank_dataloader_idx = bank_dataloader_idx
+        self.query_dataloader_idx = query_dataloader_idx
+        self.log_prefix = log_prefix
+        self.max_bank_size = max_bank_size
+        self._bank: list[tuple[Tensor, Tensor]] = []
+        self._queries: list[tuple[Tensor, Tensor]] = []
+        self._bank_count = 0
+        self._warned = False
+
+    # ------------------------------------------------------------------ computation
+    def predict(self, queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int) -> Tensor:
+        """Class ranking ``(Q, num_classes)`` (best first) of ``queries (Q, D)`` against ``bank (N, D)``
+        with labels ``bank_labels (N,)``; features are L2-normalised here. Processes the queries in
+        chunks to bound memory."""
+        queries = F.normalize(queries.float(), dim=1)
+        bank_t = F.normalize(bank.float(), dim=1).t().contiguous()  # (D, N)
+        labels = bank_labels.long()
+        k = min(self.k, bank_t.shape[1])
+        chunk = max(1, min(_CHUNK_ELEMENTS // (k * num_classes), _CHUNK_ELEMENTS // bank_t.shape[1]))
+        out = [
+            knn_predict(q, bank_t, labels, num_classes=num_classes, knn_k=k, knn_t=self.temperature)
+            for q in queries.split(chunk)
+        ]
+        if not out:
+            return torch.empty(0, num_classes, dtype=torch.long, device=queries.device)
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clear()
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        is_bank = dataloader_idx == self.bank_dataloader_idx
+        is_query = dataloader_idx == self.query_dataloader_idx
+        if not (is_bank or is_query):
+            return
+        if is_bank and not is_query and self.max_bank_size is not None:
+            local_cap = -(-self.max_bank_size // max(trainer.world_size, 1))
+            if self._bank_count >= local_cap:
+                return
+        f, y = _features_and_targets(outputs, batch, pl_module)
+        if f is None or y is None:
+            return
+        item = (F.normalize(f, dim=1), y)
+        if is_bank:
+            self._bank.append(item)
+            self._bank_count += f.shape[0]
+        if is_query:
+            self._queries.append(item)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        try:
+            self._evaluate(trainer, pl_module)
+        finally:
+            self._clear()
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._bank or not self._queries:
+            if not self._warned:
+                rank_zero_warn(
+                    f"OnlineKNN: no validation batches from dataloader {self.bank_dataloader_idx} (bank) "
+                    f"or {self.query_dataloader_idx} (queries); kNN accuracy is not computed."
+                )
+                self._warned = True
+            return
+        bank = torch.cat([f for f, _ in self._bank])
+        bank_y = torch.cat([y for _, y in self._bank])
+        bank, bank_y = _all_gather_cat(trainer, pl_module, bank, bank_y)
+        keep = bank_y >= 0
+        bank, bank_y = bank[keep], bank_y[keep]
+        if self.max_bank_size is not None:
+            bank, bank_y = bank[: self.max_bank_size], bank_y[: self.max_bank_size]
+        if bank.shape[0] == 0:
+            rank_zero_warn("OnlineKNN: the bank has no labelled samples; kNN accuracy is not computed.")
+            return
+        num_classes = self.num_classes if self.num_classes is not None else int(bank_y.max()) + 1
+        _check_labels(bank_y, num_classes, "OnlineKNN")
+
+        queries = torch.cat([f for f, _ in self._queries])
+        query_y = torch.cat([y for _, y in self._queries])
+        labelled = query_y >= 0
+        queries, query_y = queries[labelled], query_y[labelled]
+        ranking = self.predict(queries, bank, bank_y, num_classes)
+        top1 = (ranking[:, 0] == query_y).sum()
+        top5 = (ranking[:, :5] == query_y[:, None]).any(dim=1).sum()
+        counts = torch.stack([top1, top5, torch.tensor(query_y.numel(), device=top1.device)]).float()
+        if trainer.world_size > 1:
+            counts = pl_module.all_gather(counts, sync_grads=False).sum(dim=0)
+        if counts[2] == 0:
+            return
+        # counts are already summed over ranks: identical values, sync_dist's mean is exact
+        kw = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
+        pl_module.log(f"{self.log_prefix}/top1", counts[0] / counts[2], **kw)
+        if num_classes >= 5:
+            pl_module.log(f"{self.log_prefix}/top5", counts[1] / counts[2], **kw)
+
+    def _clear(self) -> None:
+        self._bank, self._queries, self._bank_count = [], [], 0

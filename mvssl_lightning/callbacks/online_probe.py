@@ -1,0 +1,388 @@
+"""Online linear probe: a linear classifier trained on the frozen features during pre-training.
+
+The probe is a plain :class:`lightning.Callback` (house style: Lightning's own callbacks such as
+``LearningRateMonitor``): it only uses hooks and the public ``LightningModule`` API (``log``,
+``all_gather``), owns its head, optimiser and metrics, and never touches the method's optimiser,
+learning-rate schedule, precision or gradients.
+
+What is computed, per training batch:
+
+* features ``f (B, D)``: ``outputs["features"]`` of ``training_step`` (the detached backbone features
+  of the first view, see the method contract), or ``pl_module(x)`` under ``torch.no_grad()`` for a
+  module that returns only a loss; then ``(f, y)`` of all processes are gathered (without gradients)
+  and samples with ``y == -1`` are dropped;
+* ``logits = W BN(f) + b`` with ``BN`` an optional ``BatchNorm1d(affine=False)`` (as the MAE / MEC
+  linear probes), in float32 with autocast disabled;
+* one SGD step on ``cross_entropy(logits, y)`` of the probe's own head.
+
+Every process takes the identical step on the identical global batch from an identical (zero)
+initialisation, so the head stays the same on all processes under DDP without any parameter
+broadcast. On validation loader ``eval_dataloader_idx`` the head is evaluated with torchmetrics'
+``MulticlassAccuracy`` (top-1 and top-5), which synchronises its counts across processes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["OnlineLinearProbe"]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+# (also used by ``knn.py``)
+
+
+def _split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Return ``(x, y)`` of an ``(inputs, targets, ...)`` batch; ``x`` is the first view when the
+    inputs are a list of views. Either is None when the batch does not have that shape."""
+    if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) < 2:
+        return None, None
+    x, y = batch[0], batch[1]
+    if isinstance(x, Sequence) and len(x) > 0:
+        x = x[0]
+    x = x if isinstance(x, Tensor) else None
+    y = y if isinstance(y, Tensor) else None
+    return x, y
+
+
+@torch.no_grad()
+def _forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+    """``pl_module(x)`` without gradients and in eval mode.
+
+    Eval mode keeps the module untouched (no BatchNorm running-stat updates, no dropout random
+    numbers drawn); every submodule's train/eval flag is restored afterwards.
+    """
+    modes = [(m, m.training) for m in pl_module.modules()]
+    dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)  # e.g. a module in "bf16-true" precision
+    pl_module.eval()
+    try:
+        f = pl_module(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return f
+
+
+def _features_and_targets(
+    outputs: Any, batch: Any, pl_module: pl.LightningModule
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Features ``(B, D)`` (detached, float32) and targets ``(B,)`` for a step.
+
+    Features come from ``outputs["features"]`` when the step returned them, else from the fallback
+    forward ``pl_module(x)``. Returns ``(None, None)`` when the batch carries no targets.
+    """
+    x, y = _split_batch(batch)
+    if y is None:
+        return None, None
+    if isinstance(outputs, dict) and isinstance(outputs.get("features"), Tensor):
+        f = outputs["features"]
+    elif x is not None:
+        f = _forward_features(pl_module, x)
+    else:
+        return None, None
+    f = f.detach().flatten(start_dim=1).float()
+    return f, y.detach().reshape(-1).to(device=f.device, dtype=torch.long)
+
+
+def _all_gather_cat(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, *tensors: Tensor
+) -> tuple[Tensor, ...]:
+    """Concatenate each tensor ``(N_r, ...)`` over all processes along dim 0, in rank order.
+
+    ``N_r`` may differ between processes (tensors are padded to the largest ``N_r`` for the
+    collective and trimmed afterwards); trailing dims must agree. Identity on a single process.
+    Uses ``pl_module.all_gather`` without gradients.
+    """
+    if trainer.world_size <= 1:
+        return tensors
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = pl_module.all_gather(n, sync_grads=False).reshape(-1).tolist()
+    max_n = max(sizes)
+    out = []
+    for t in tensors:
+        if t.shape[0] < max_n:
+            t = torch.cat([t, t.new_zeros((max_n - t.shape[0], *t.shape[1:]))])
+        g = pl_module.all_gather(t.contiguous(), sync_grads=False)  # (W, max_n, ...)
+        out.append(torch.cat([g[r, : sizes[r]] for r in range(len(sizes))]))
+    return tuple(out)
+
+
+def _check_labels(y: Tensor, num_classes: int, who: str) -> None:
+    bad = y[(y < -1) | (y >= num_classes)]
+    if bad.numel():
+        values = sorted(set(bad.tolist()))
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise ValueError(
+            f"{who}(num_classes={num_classes}) got labels out of range: [{shown}]; "
+            f"expected 0..{num_classes - 1}, or -1 for an unknown label."
+        )
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+class OnlineLinearProbe(pl.Callback):
+    """Linear classifier trained online on the detached features of the method.
+
+    Args:
+        num_classes: number of classes; labels must be in ``[0, num_classes)`` or ``-1`` (unknown,
+            ignored). Anything else raises ``ValueError``.
+        lr, momentum, weight_decay: hyperparameters of the probe's own ``torch.optim.SGD``
+            (constant learning rate).
+        feature_bn: put ``BatchNorm1d(feat_dim, affine=False)`` before the linear layer (MAE/MEC
+            style linear probe); the head then needs at least 2 labelled samples per global batch
+            (steps with fewer are skipped).
+        log_prefix: prefix of the logged names.
+        eval_dataloader_idx: validation loader the probe is evaluated on (our datamodule:
+            ``1`` = test set with eval transform; use ``0`` with a single validation loader).
+
+    Logged: ``{prefix}/train_loss`` and ``{prefix}/train_top1`` (per step and per epoch, on the
+    global labelled batch before the step), ``{prefix}/val_top1`` and ``{prefix}/val_top5``
+    (``top5`` only if ``num_classes >= 5``; per validation epoch, synchronised across processes).
+
+    The head is created lazily at the first batch (the module reaches its device only after
+    ``Callback.setup``) with ``feat_dim`` taken from the features; if the module has a ``feat_dim``
+    attribute it must agree. Its linear layer starts at zero: identical on every process whatever
+    the seed, and creating it draws no random numbers, so attaching the probe does not change the
+    run of the method. Sanity-check validation batches are ignored.
+
+    ``state_dict()`` holds the head's weights, BatchNorm statistics and the optimiser state (plain
+    tensors, numbers and dicts; loadable with ``torch.load(..., weights_only=True)``) so that a
+    resumed run continues the probe exactly.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        feature_bn: bool = True,
+        log_prefix: str = "probe",
+        eval_dataloader_idx: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.feature_bn = feature_bn
+        self.log_prefix = log_prefix
+        self.eval_dataloader_idx = eval_dataloader_idx
+
+        self._head: Optional[nn.Sequential] = None
+        self._optimizer: Optional[torch.optim.SGD] = None
+        self._pending_state: Optional[dict[str, Any]] = None  # loaded before the head exists
+        self._expected_feat_dim: Optional[int] = None
+        self.val_top1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.val_top5 = (
+            MulticlassAccuracy(self.num_classes, top_k=5, average="micro") if self.num_classes >= 5 else None
+        )
+        self._val_batches = 0
+        self._warned_no_eval = False
+        self._warned_no_targets = False
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(log_prefix=self.log_prefix, num_classes=self.num_classes)
+
+    @property
+    def head(self) -> Optional[nn.Module]:
+        """The probe's head (``[BatchNorm1d(affine=False)], Linear``), or None before the first batch."""
+        return self._head
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        """The probe's own SGD optimiser, or None before the first batch."""
+        return self._optimizer
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of the head in eval mode for features ``(B, feat_dim)``."""
+        f = features.detach().flatten(start_dim=1).float()
+        head = self._ensure_head(f.shape[1], f.device)
+        was_training = head.training
+        head.eval()
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            logits = head(f)
+        head.train(was_training)
+        return logits
+
+    # ------------------------------------------------------------------ head management
+    def _build(self, feat_dim: int, device: torch.device) -> None:
+        layers: list[nn.Module] = []
+        if self.feature_bn:
+            layers.append(nn.BatchNorm1d(feat_dim, affine=False))
+        # skip_init: no random numbers are drawn (the method's RNG stream stays untouched).
+        linear = nn.utils.skip_init(nn.Linear, feat_dim, self.num_classes, device=device)
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        self._head = nn.Sequential(*layers).to(device)
+        self._optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> torch.optim.SGD:
+        assert self._head is not None
+        return torch.optim.SGD(
+            self._head.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def _ensure_head(self, feat_dim: int, device: torch.device) -> nn.Module:
+        if self._head is None:
+            if self._pending_state is not None:
+                state, self._pending_state = self._pending_state, None
+                self._build(int(state["feat_dim"]), device)
+                assert self._head is not None and self._optimizer is not None
+                self._head.load_state_dict(state["head"])
+                self._optimizer.load_state_dict(state["optimizer"])
+            else:
+                self._build(feat_dim, device)
+        assert self._head is not None and self._optimizer is not None
+        linear = self._head[-1]
+        if linear.in_features != feat_dim:
+            raise ValueError(
+                f"OnlineLinearProbe: features have dim {feat_dim}, the head expects {linear.in_features}"
+            )
+        if self._expected_feat_dim is not None and self._expected_feat_dim != feat_dim:
+            raise ValueError(
+                f"OnlineLinearProbe: features have dim {feat_dim} but pl_module.feat_dim is "
+                f"{self._expected_feat_dim}"
+            )
+        if linear.weight.device != device:
+            opt_state = self._optimizer.state_dict()
+            self._head.to(device)
+            self._optimizer = self._make_optimizer()
+            self._optimizer.load_state_dict(opt_state)  # casts the momentum buffers to the device
+        return self._head
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        feat_dim = getattr(pl_module, "feat_dim", None)
+        self._expected_feat_dim = int(feat_dim) if isinstance(feat_dim, int) else None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        f, y = _features_and_targets(outputs, batch, pl_module)
+        if f is None or y is None:
+            if not self._warned_no_targets:
+                rank_zero_warn(
+                    "OnlineLinearProbe: the training batch has no (inputs, targets) structure and the "
+                    "step returned no 'features'; the probe is not trained."
+                )
+                self._warned_no_targets = True
+            return
+        f, y = _all_gather_cat(trainer, pl_module, f, y)  # the global batch, identical on all ranks
+        _check_labels(y, self.num_classes, "OnlineLinearProbe")
+        keep = y >= 0
+        n = int(keep.sum())
+        if n == 0 or (self.feature_bn and n < 2):
+            return
+        f, y = f[keep], y[keep]
+        head = self._ensure_head(f.shape[1], f.device)
+        assert self._optimizer is not None
+        head.train()
+        with torch.enable_grad(), torch.autocast(device_type=f.device.type, enabled=False):
+            logits = head(f)
+            loss = F.cross_entropy(logits, y)
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._optimizer.step()
+        top1 = (logits.detach().argmax(dim=1) == y).float().mean()
+        # The values are already global (identical on all ranks): the mean over ranks is exact and
+        # only keeps Lightning from warning about unsynchronised epoch-level values.
+        kw = dict(on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        pl_module.log(f"{self.log_prefix}/train_loss", loss.detach(), **kw)
+        pl_module.log(f"{self.log_prefix}/train_top1", top1, **kw)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_val()
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != self.eval_dataloader_idx:
+            return
+        f, y = _features_and_targets(outputs, batch, pl_module)
+        if f is None or y is None:
+            return
+        _check_labels(y, self.num_classes, "OnlineLinearProbe")
+        keep = y >= 0
+        if not bool(keep.any()):
+            return
+        logits = self.predict(f[keep])
+        for metric in (self.val_top1, self.val_top5):
+            if metric is not None:
+                metric.to(logits.device).update(logits, y[keep])
+        self._val_batches += 1
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self._val_batches == 0:
+            if not self._warned_no_eval:
+                rank_zero_warn(
+                    f"OnlineLinearProbe: no validation batches from dataloader {self.eval_dataloader_idx}; "
+                    "set eval_dataloader_idx (0 for a single validation loader)."
+                )
+                self._warned_no_eval = True
+            return
+        # MulticlassAccuracy.compute() synchronises its counts over processes itself; the values are
+        # identical on all ranks, so sync_dist's mean is exact (and silences Lightning's warning).
+        kw = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
+        pl_module.log(f"{self.log_prefix}/val_top1", self.val_top1.compute(), **kw)
+        if self.val_top5 is not None:
+            pl_module.log(f"{self.log_prefix}/val_top5", self.val_top5.compute(), **kw)
+        self._reset_val()
+
+    def _reset_val(self) -> None:
+        self.val_top1.reset()
+        if self.val_top5 is not None:
+            self.val_top5.reset()
+        self._val_batches = 0
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        if self._head is None:
+            return copy.deepcopy(self._pending_state) if self._pending_state is not None else {}
+        assert self._optimizer is not None
+        return copy.deepcopy(
+            {
+                "feat_dim": int(self._head[-1].in_features),
+                "num_classes": self.num_classes,
+                "head": self._head.state_dict(),
+                "optimizer": self._optimizer.state_dict(),
+            }
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if int(state_dict["num_classes"]) != self.num_classes:
+            raise ValueError(
+                f"OnlineLinearProbe: checkpoint has num_classes={state_dict['num_classes']}, "
+                f"this probe has {self.num_classes}"
+            )
+        # Applied when the head is (re)built at the next batch, on the device of the features.
+        self._head, self._optimizer = None, None
+        self._pending_state = state_dict

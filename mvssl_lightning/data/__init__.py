@@ -1,0 +1,48 @@
+"""Data: ``MultiViewDataModule``, the npz/torchvision datasets and the view recipes."""
+
+from mvssl_lightning.data.datamodule import MultiViewDataModule, multiview_collate
+from mvssl_lightning.data.datasets import (
+    DATASET_NAMES,
+    NpzImageDataset,
+    build_dataset,
+    embedded_default_path,
+)
+from mvssl_lightning.data.views import (
+    CIFAR10_NORMALIZE,
+    IMAGENET_NORMALIZE,
+    VIEW_RECIPES,
+    MultiViewRecipe,
+    asymmetric_two_views,
+    asymmetric_two_views_cifar,
+    default_eval_view,
+    eval_view,
+    eval_view_cifar,
+    get_view_recipe,
+    mveb_multicrop,
+    mveb_multicrop_cifar,
+    two_views,
+    two_views_cifar,
+)
+
+__all__ = [
+    "CIFAR10_NORMALIZE",
+    "DATASET_NAMES",
+    "IMAGENET_NORMALIZE",
+    "VIEW_RECIPES",
+    "MultiViewDataModule",
+    "MultiViewRecipe",
+    "NpzImageDataset",
+    "asymmetric_two_views",
+    "asymmetric_two_views_cifar",
+    "build_dataset",
+    "default_eval_view",
+    "embedded_default_path",
+    "eval_view",
+    "eval_view_cifar",
+    "get_view_recipe",
+    "multiview_collate",
+    "mveb_multicrop",
+    "mveb_multicrop_cifar",
+    "two_views",
+    "two_views_cifar",
+]

@@ -1,0 +1,252 @@
+"""``MultiViewDataModule``: multi-view training batches plus the eval loaders probes and kNN read.
+
+Batches (``design.md``, "Data contract"):
+
+- ``train_dataloader()`` yields ``(views, targets)``: ``views`` a list of ``V`` tensors
+  ``(B, 3, H_v, W_v)`` (the recipe's order: globals first, then locals), ``targets`` ``(B,)`` int64,
+  ``-1`` where unknown.
+- ``val_dataloader()`` returns ``[train set with eval transform, test set with eval transform]``,
+  each yielding ``(images, targets)``, unshuffled, nothing dropped. Loader 0 is the kNN bank, loader 1
+  the queries / probe evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
+from mvssl_lightning.data.views import (
+    IMAGENET_NORMALIZE,
+    VIEW_RECIPES,
+    default_eval_view,
+    eval_view,
+    eval_view_cifar,
+    get_view_recipe,
+)
+
+__all__ = ["MultiViewDataModule", "multiview_collate"]
+
+#: Datasets of 32 px images.
+CIFAR_SIZED = ("default", "cifar10", "cifar100")
+
+#: Seed of the fixed permutation that picks ``train_subset`` / ``test_subset`` samples.
+SUBSET_SEED = 0
+
+
+def multiview_collate(batch: Sequence[tuple[Any, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Collate ``(views, label)`` samples into ``(list of V tensors (B, ...), int64 targets (B,))``.
+
+    A transform returning a single tensor instead of a list is treated as one view.
+    """
+    views_per_sample = [v if isinstance(v, (list, tuple)) else [v] for v, _ in batch]
+    n_views = {len(v) for v in views_per_sample}
+    if len(n_views) != 1:
+        raise ValueError(f"samples in a batch have different numbers of views: {sorted(n_views)}")
+    views = [torch.stack(list(vs)) for vs in zip(*views_per_sample)]
+    targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
+    return views, targets
+
+
+def _import_transform(path: str, kwargs: dict) -> Callable:
+    """Resolve ``"package.module.Name"`` and call it with ``kwargs`` (a transform class or factory)."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"unknown view recipe {path!r}; valid names: {', '.join(VIEW_RECIPES)} "
+            "(or an import path such as lightly.transforms.SimCLRTransform, or any callable)"
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"cannot import view transform {path!r} ({e}); valid recipe names: {', '.join(VIEW_RECIPES)}"
+        ) from e
+    return factory(**kwargs)
+
+
+def _subset(dataset: Dataset, n: Optional[int]) -> Dataset:
+    """A deterministic random subset of ``n`` samples (same indices for the same length), kept in order."""
+    if n is None or n >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    if n <= 0:
+        raise ValueError(f"subset size must be positive, got {n}")
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    idx = torch.randperm(len(dataset), generator=g)[:n].sort().values  # type: ignore[arg-type]
+    return Subset(dataset, idx.tolist())
+
+
+class MultiViewDataModule(L.LightningDataModule):
+    """Data for multi-view self-supervised training with online evaluation.
+
+    Args:
+        dataset: ``"default"`` (embedded CIFAR-10 subset, 5000 train / 1000 test, offline),
+            ``"cifar10"``, ``"cifar100"``, ``"stl10"`` (train+unlabeled for training), ``"imagefolder"``
+            (``data_dir/train``, ``data_dir/val``) or ``"npz"`` (``data_dir`` is the file).
+        data_dir: directory (or npz file) of the dataset; ignored for ``"default"``.
+        views: a recipe name of ``mvssl_lightning.data.views.VIEW_RECIPES``, any callable
+            ``PIL image -> list of tensors`` (e.g. a lightly transform; in YAML as ``class_path`` /
+            ``init_args``), or an import path of such a class or factory (called with
+            ``view_kwargs``), e.g. ``lightly.transforms.SimCLRTransform``.
+        view_kwargs: keyword arguments for the recipe when ``views`` is a name or import path.
+        eval_transform: single-view transform for the eval loaders. Default: the recipe's
+            (``default_eval_view``); for a foreign transform, ToTensor + ImageNet normalisation on
+            32 px datasets and ``eval_view()`` (Resize 256, CenterCrop 224) otherwise -- pass your
+            own to match a foreign transform's size and normalisation.
+        batch_size: training batch size per process.
+        eval_batch_size: eval batch size per process (default ``batch_size``).
+        num_workers: data-loading workers per loader.
+        pin_memory: pin host memory (only used when CUDA is available).
+        persistent_workers: keep workers alive between epochs (only when ``num_workers > 0``).
+        download: let torchvision download ``cifar10``/``cifar100``/``stl10`` in ``prepare_data``.
+        drop_last: drop the last incomplete training batch.
+        train_subset: use only this many training samples (a fixed seeded choice); also caps the
+            eval-train (kNN bank) set.
+        test_subset: use only this many test samples (a fixed seeded choice).
+
+    Nothing touches the filesystem before ``prepare_data``/``setup``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "default",
+        data_dir: Optional[str] = None,
+        views: Union[str, Callable] = "mveb_multicrop_cifar",
+        view_kwargs: Optional[dict] = None,
+        eval_transform: Optional[Callable] = None,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        download: bool = False,
+        drop_last: bool = True,
+        train_subset: Optional[int] = None,
+        test_subset: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.dataset_name = dataset.lower()
+        self.data_dir = data_dir
+        self.view_kwargs = dict(view_kwargs or {})
+        if isinstance(views, str) and views in VIEW_RECIPES:
+            self.view_transform: Callable = get_view_recipe(views, **self.view_kwargs)
+            default_eval = default_eval_view(views, **self.view_kwargs)
+        else:
+            if isinstance(views, str):
+                views = _import_transform(views, self.view_kwargs)
+            elif self.view_kwargs:
+                raise ValueError("view_kwargs is only used when views is a recipe name or import path")
+            if not callable(views):
+                raise TypeError(f"views must be a recipe name or a callable, got {type(views).__name__}")
+            self.view_transform = views
+            # A foreign transform (e.g. lightly's) normalises with ImageNet statistics by default.
+            default_eval = (
+                eval_view_cifar(normalize=IMAGENET_NORMALIZE)
+                if self.dataset_name in CIFAR_SIZED
+                else eval_view()
+            )
+        self.eval_transform: Callable = eval_transform if eval_transform is not None else default_eval
+        if batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
+            raise ValueError("batch sizes must be positive")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.download = download
+        self.drop_last = drop_last
+        self.train_subset = train_subset
+        self.test_subset = test_subset
+        self.train_dataset: Optional[Dataset] = None
+        self.eval_train_dataset: Optional[Dataset] = None
+        self.test_dataset: Optional[Dataset] = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_views(self) -> Optional[int]:
+        """Views per image, when the transform says (``num_views`` or lightly's ``.transforms``)."""
+        t = self.view_transform
+        if hasattr(t, "num_views"):
+            return int(t.num_views)
+        if isinstance(getattr(t, "transforms", None), (list, tuple)):
+            return len(t.transforms)
+        return None
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of classes (known for named datasets; read from labels/folders otherwise)."""
+        ds = self.test_dataset
+        while isinstance(ds, Subset):
+            ds = ds.dataset
+        if ds is not None and hasattr(ds, "classes"):
+            return len(ds.classes)
+        return peek_num_classes(self.dataset_name, self.data_dir)
+
+    # ------------------------------------------------------------------ data
+    def _build(self, split: str, transform: Callable, include_unlabeled: bool = False) -> Dataset:
+        return build_dataset(
+            self.dataset_name, self.data_dir, split, transform, download=False,
+            include_unlabeled=include_unlabeled,
+        )
+
+    def prepare_data(self) -> None:
+        """Download torchvision datasets when ``download=True`` (called on one process)."""
+        if not self.download or self.dataset_name not in ("cifar10", "cifar100", "stl10"):
+            return
+        for split, unlabeled in (("train", True), ("test", False)):
+            build_dataset(self.dataset_name, self.data_dir, split, None, download=True,
+                          include_unlabeled=unlabeled)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the training, eval-train and test datasets (once)."""
+        if self.train_dataset is not None:
+            return
+        self.train_dataset = _subset(self._build("train", self.view_transform, True), self.train_subset)
+        self.eval_train_dataset = _subset(self._build("train", self.eval_transform), self.train_subset)
+        self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=multiview_collate if train else None,
+        )
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None:
+            self.setup()
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled ``(views, targets)`` batches of the training set."""
+        self._require_setup()
+        n = len(self.train_dataset)  # type: ignore[arg-type]
+        if self.drop_last and n < self.batch_size:
+            raise ValueError(
+                f"the training set has {n} samples, fewer than batch_size={self.batch_size}, and "
+                "drop_last is true: no batch would be produced; lower batch_size or set drop_last: false"
+            )
+        return self._loader(self.train_dataset, self.batch_size, train=True)  # type: ignore[arg-type]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[eval-train loader (kNN bank / probe train), test loader]``, yielding ``(images, targets)``."""
+        self._require_setup()
+        return [
+            self._loader(self.eval_train_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
+            self._loader(self.test_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
+        ]
+
+    def test_dataloader(self) -> DataLoader:
+        """The test set with the eval transform, yielding ``(images, targets)``."""
+        self._require_setup()
+        return self._loader(self.test_dataset, self.eval_batch_size, train=False)  # type: ignore[arg-type]

@@ -1,0 +1,4 @@
+from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.methods.mveb import MVEB
+
+__all__ = ["SiameseModule", "MVEB"]

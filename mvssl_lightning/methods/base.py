@@ -1,0 +1,214 @@
+"""``SiameseModule``: the small shared base of every method.
+
+It owns what all methods share and nothing else: the backbone, the optimiser with its per-step
+warm-up + cosine schedule and batch-size lr scaling, the view-count check, the non-finite-loss guard,
+logging, and the hand-off of features to callbacks.  A method implements :meth:`compute_loss`
+(its algorithm box) and, when it has an EMA teacher, :meth:`on_after_optimizer_step`.
+
+Contract (``shared/design.md``):
+- a training batch is ``(views, targets)``, ``views`` a list of ``V`` tensors ``(B, 3, H_v, W_v)``;
+- ``forward(x)`` returns the backbone's pooled features ``(B, feat_dim)``;
+- ``training_step`` returns ``{"loss": loss, "features": f}`` with ``f`` the detached backbone features
+  of the first view; ``validation_step`` returns ``{"features": f, "targets": y}``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from mvssl_lightning.models.resnet import build_resnet
+from mvssl_lightning.optim import build_optimizer, parameter_groups
+from mvssl_lightning.schedules import warmup_cosine_factor
+
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+class SiameseModule(L.LightningModule):
+    """Base class of the multi-view SSL methods.
+
+    Args:
+        backbone: ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision, ``fc`` removed).
+        cifar_stem: 3x3 stride-1 stem without max-pool, for 32 px images.
+        zero_init_residual: zero-init the last BN of each residual block (Goyal et al. 2017).
+        optimizer: ``lars`` (lightly), ``sgd``, ``adamw`` or ``adam``.
+        lr: base learning rate at ``reference_batch_size``; scaled by the global batch with ``lr_scaling``.
+        lr_scaling: ``linear`` (``lr * B / 256``), ``sqrt`` (``lr * sqrt(B / 256)``) or ``none``.
+        batch_size: per-process batch size used for lr scaling; read from the data module when None.
+        weight_decay, momentum, betas, trust_coefficient: optimiser settings.
+        exclude_bias_and_norm: no weight decay and no LARS adaptation on biases and norm parameters.
+        warmup_epochs: linear warm-up length (fractional epochs, converted to optimiser steps);
+            ``warmup_steps`` overrides it.
+        warmup_start_factor: the warm-up starts at ``warmup_start_factor * lr``.
+        min_lr_factor: the cosine ends at ``min_lr_factor * lr``.
+        cosine_over_total: divide the cosine by all steps instead of the post-warm-up steps (MVEB code).
+        channels_last: run the backbone in ``channels_last`` memory format (faster convs on GPU).
+        check_finite: raise on a non-finite loss, naming the step and the offending terms.
+    """
+
+    #: how many views ``compute_loss`` accepts (``max_views=None``: no upper bound)
+    min_views: int = 2
+    max_views: Optional[int] = 2
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        optimizer: str = "lars",
+        lr: float = 0.3,
+        lr_scaling: str = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 0.0,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {lr_scaling!r}")
+        if lr <= 0 or weight_decay < 0 or warmup_epochs < 0:
+            raise ValueError(f"need lr > 0, weight_decay >= 0, warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}")
+        self.backbone, self.feat_dim = build_resnet(backbone, cifar_stem, zero_init_residual)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.lr_scaling = lr_scaling
+        self.reference_batch_size = reference_batch_size
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.betas = tuple(betas)
+        self.trust_coefficient = trust_coefficient
+        self.exclude_bias_and_norm = exclude_bias_and_norm
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
+        self.warmup_start_factor = warmup_start_factor
+        self.min_lr_factor = min_lr_factor
+        self.cosine_over_total = cosine_over_total
+        self.channels_last = channels_last
+        self.check_finite = check_finite
+
+    # ------------------------------------------------------------------ features
+    def _prepare(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Backbone features ``(B, feat_dim)``: what probes, kNN and users consume."""
+        return self.backbone(self._prepare(x))
+
+    def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Returns ``(loss, {term_name: value}, features of the first view)``. Implemented by each method."""
+        raise NotImplementedError
+
+    def on_after_optimizer_step(self) -> None:
+        """Called after every optimiser step (EMA teachers update here)."""
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        views, _ = batch
+        self._check_views(views)
+        loss, terms, features = self.compute_loss([self._prepare(v) for v in views])
+        if self.check_finite:
+            self._check_finite(loss, terms, batch_idx)
+        batch_size = views[0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        return {"loss": loss, "features": features.detach()}
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        images, targets = batch
+        return {"features": self(images).detach(), "targets": targets}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.on_after_optimizer_step()
+
+    def _check_views(self, views: Any) -> None:
+        if not isinstance(views, (list, tuple)) or not all(isinstance(v, Tensor) for v in views):
+            raise TypeError(
+                f"{type(self).__name__} expects batches (views, targets) with views a list of image tensors, "
+                f"got {type(views).__name__}; use a multi-view recipe in the data module"
+            )
+        n = len(views)
+        if n < self.min_views or (self.max_views is not None and n > self.max_views):
+            wanted = f"{self.min_views}" if self.max_views == self.min_views else (
+                f"at least {self.min_views}" if self.max_views is None else f"{self.min_views}..{self.max_views}")
+            raise ValueError(
+                f"{type(self).__name__} needs {wanted} views per sample, but the view recipe gave {n}; "
+                f"pick a matching recipe (data.views)"
+            )
+
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
+        if torch.isfinite(loss.detach()).all():
+            return
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        raise FloatingPointError(
+            f"non-finite loss {float(loss):.4g} at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}); non-finite terms: {bad or ['loss']}; terms: {values}. "
+            f"Lower the learning rate, check the inputs, or use precision 32 to debug."
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def scaled_lr(self) -> float:
+        """``lr`` scaled by the global batch ``batch_size * world_size * accumulate_grad_batches``."""
+        if self.lr_scaling == "none":
+            return self.lr
+        per_process = self.batch_size
+        if per_process is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            per_process = getattr(datamodule, "batch_size", None)
+        if per_process is None:
+            raise ValueError(
+                f"lr_scaling={self.lr_scaling!r} needs the per-process batch size: set model.batch_size "
+                f"or use a data module with a batch_size attribute, or set lr_scaling: none"
+            )
+        global_batch = per_process * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        ratio = global_batch / self.reference_batch_size
+        return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
+
+    def _warmup_steps(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, total_steps)
+        max_epochs = self.trainer.max_epochs
+        if not max_epochs or max_epochs < 0:
+            return 0
+        return min(int(round(self.warmup_epochs * total_steps / max_epochs)), total_steps)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
+        optimizer = build_optimizer(
+            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = partial(
+            warmup_cosine_factor,
+            total_steps=total,
+            warmup_steps=self._warmup_steps(total),
+            warmup_start_factor=self.warmup_start_factor,
+            end_factor=self.min_lr_factor,
+            cosine_over_total=self.cosine_over_total,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_steps(self) -> int:
+        """Number of optimiser steps of the whole run (for EMA schedules)."""
+        return max(int(self.trainer.estimated_stepping_batches), 1)
+

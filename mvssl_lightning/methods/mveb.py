@@ -1,0 +1,114 @@
+"""MVEB as a LightningModule (Wen et al., "MVEB: Self-Supervised Learning with Multi-View Entropy
+Bottleneck", TPAMI 2024), following the official code ``wlj6816/MVEB`` (``project/model.py``).
+
+Algorithm (one training step; the objective is :mod:`mvssl_lightning.losses.mveb`)::
+
+    for every crop v (2 globals + locals):  z_v = normalize(g(f(x_v)))        # one pass per crop
+    with no_grad:                           t_k = normalize(g_ema(f_ema(x_k))), k = 1, 2 (globals)
+    L = -A(z, t) - lambda * U(z)            # alignment + Stein entropy surrogate
+    optimiser step, then EMA: theta_ema <- m_t theta_ema + (1 - m_t) theta,
+    m_t = 1 - (1 - 0.996)(cos(pi t / T) + 1) / 2
+
+Each crop goes through the networks on its own, as in the official code, so BatchNorm statistics
+are per crop.  Projector: 2048-2048 (BN, ReLU)-2048 (BN, ReLU)-2048 (bias, no BN); no predictor.
+Official recipe (``configs/mveb.py``): LARS, lr 0.3 x B/256, wd 1e-6, warm-up 10 epochs from
+1e-3 lr, cosine over the *total* steps to 1e-3 lr, 800 epochs, batch 4096, SyncBN.
+Paper vs code: the paper writes a Siamese objective; the code uses the EMA target (followed here).
+Optimiser difference: we use lightly's LARS, whose trust ratio is ``||p|| / (||g|| + wd ||p||)``;
+the official (Barlow Twins) LARS uses ``||p|| / ||g + wd p||``; both skip 1-D parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules.heads import ProjectionHead
+from torch import Tensor, nn
+
+from mvssl_lightning.losses.mveb import MVEBLoss
+from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.methods.momentum import cosine_momentum, make_teacher, update_momentum
+
+
+def mveb_projector(input_dim: int, hidden_dim: int = 2048, output_dim: int = 2048) -> ProjectionHead:
+    """3-layer MLP: bias-free hidden Linears with BN + ReLU, output Linear with bias and no BN."""
+    return ProjectionHead(
+        [
+            (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), False),
+            (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), False),
+            (hidden_dim, output_dim, None, None, True),
+        ]
+    )
+
+
+class MVEB(SiameseModule):
+    """Multi-view entropy bottleneck with an EMA target.
+
+    Args:
+        proj_hidden_dim, proj_output_dim: projector widths (2048, 2048 in the paper's code).
+        lambd: weight of the entropy term (``lambd`` = 0.01, "balance factor for neg grad").
+        eta: ridge of the Stein estimator's kernel inverse (0.01).
+        min_bandwidth: floor of the median-heuristic kernel width (0.1).
+        base_momentum, final_momentum: cosine EMA schedule (0.996 -> 1, per optimiser step).
+        gather_distributed: estimate the entropy on the batch gathered from all processes (the
+            official code uses the per-GPU batch, so the default is False).
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule`.
+    """
+
+    min_views = 2
+    max_views = None
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 2048,
+        lambd: float = 0.01,
+        eta: float = 0.01,
+        min_bandwidth: float = 0.1,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+        gather_distributed: bool = False,
+        optimizer: str = "lars",
+        lr: float = 0.3,
+        weight_decay: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        warmup_start_factor: float = 1e-3,
+        min_lr_factor: float = 1e-3,
+        cosine_over_total: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            warmup_start_factor=warmup_start_factor,
+            min_lr_factor=min_lr_factor,
+            cosine_over_total=cosine_over_total,
+            **kwargs,
+        )
+        self.save_hyperparameters()
+        self.projector = mveb_projector(self.feat_dim, proj_hidden_dim, proj_output_dim)
+        self.teacher_backbone = make_teacher(self.backbone)
+        self.teacher_projector = make_teacher(self.projector)
+        self.criterion = MVEBLoss(lambd, eta, min_bandwidth, gather_distributed)
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+
+    def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        features = [self.backbone(x) for x in views]
+        online = [F.normalize(self.projector(h).float(), dim=1) for h in features]
+        with torch.no_grad():
+            targets = [F.normalize(self.teacher_projector(self.teacher_backbone(x)).float(), dim=1) for x in views[:2]]
+        loss, terms = self.criterion(online, targets)
+        return loss, terms, features[0]
+
+    def on_after_optimizer_step(self) -> None:
+        momentum = cosine_momentum(self.trainer.global_step, self.total_steps(), self.base_momentum, self.final_momentum)
+        update_momentum(self.backbone, self.teacher_backbone, momentum)
+        update_momentum(self.projector, self.teacher_projector, momentum)
+        self.log("train/ema_momentum", momentum)
