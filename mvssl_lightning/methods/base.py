@@ -116,8 +116,11 @@ class SiameseModule(L.LightningModule):
         """Returns ``(loss, {term_name: value}, features of the first view)``. Implemented by each method."""
         raise NotImplementedError
 
-    def on_after_optimizer_step(self) -> None:
-        """Called after every optimiser step (EMA teachers update here)."""
+    def on_after_optimizer_step(self, step: int) -> None:
+        """Called after every optimiser step; ``step`` counts the optimiser steps done so far (1, 2, ...).
+
+        EMA teachers update here, so gradient accumulation counts optimiser steps, not batches.
+        """
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
@@ -137,7 +140,8 @@ class SiameseModule(L.LightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.on_after_optimizer_step()
+        # Lightning increments global_step after this hook returns
+        self.on_after_optimizer_step(self.trainer.global_step + 1)
 
     def _check_views(self, views: Any) -> None:
         if not isinstance(views, (list, tuple)) or not all(isinstance(v, Tensor) for v in views):

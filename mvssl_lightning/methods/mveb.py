@@ -107,8 +107,9 @@ class MVEB(SiameseModule):
         loss, terms = self.criterion(online, targets)
         return loss, terms, features[0]
 
-    def on_after_optimizer_step(self) -> None:
-        momentum = cosine_momentum(self.trainer.global_step, self.total_steps(), self.base_momentum, self.final_momentum)
+    def on_after_optimizer_step(self, step: int) -> None:
+        # the official code updates with m_t at the start of iteration t, after t optimiser steps
+        momentum = cosine_momentum(step, self.total_steps(), self.base_momentum, self.final_momentum)
         update_momentum(self.backbone, self.teacher_backbone, momentum)
         update_momentum(self.projector, self.teacher_projector, momentum)
         self.log("train/ema_momentum", momentum)
