@@ -2,13 +2,15 @@
 
 from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
 from mvssl_lightning.data import MultiViewDataModule
-from mvssl_lightning.losses import MVEBLoss, mveb_entropy_surrogate, mveb_loss
-from mvssl_lightning.methods import MVEB, SiameseModule
+from mvssl_lightning.losses import MECLoss, MVEBLoss, mec_loss, mec_taylor_logdet, mveb_entropy_surrogate, mveb_loss
+from mvssl_lightning.methods import MEC, MVEB, SiameseModule
 from mvssl_lightning.models import build_resnet, export_torchvision_state_dict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MEC",
+    "MECLoss",
     "MVEB",
     "MVEBLoss",
     "MultiViewDataModule",
@@ -17,6 +19,8 @@ __all__ = [
     "SiameseModule",
     "build_resnet",
     "export_torchvision_state_dict",
+    "mec_loss",
+    "mec_taylor_logdet",
     "mveb_entropy_surrogate",
     "mveb_loss",
 ]

@@ -16,7 +16,8 @@ from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.methods.base import SiameseModule
 
 
-def main(args: Optional[list[str]] = None) -> LightningCLI:
+def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand and return the CLI object."""
     return LightningCLI(
         SiameseModule,
         MultiViewDataModule,
@@ -24,6 +25,11 @@ def main(args: Optional[list[str]] = None) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point of the ``mvssl`` console script (returns nothing, so the exit status is 0)."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

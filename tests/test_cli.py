@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mvssl_lightning.cli import main
+from mvssl_lightning.cli import run_cli as main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -50,6 +50,17 @@ def test_quickstart_fast_dev_run(tmp_path):
 def test_module_entry_point_runs_help():
     out = subprocess.run([sys.executable, "-m", "mvssl_lightning", "fit", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--config" in out.stdout
+
+
+def test_console_script_exits_zero_after_a_run(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from mvssl_lightning.cli import main; sys.exit(main())",
+         "fit", "--config", str(REPO / "configs/quickstart.yaml"), "--trainer.fast_dev_run", "true",
+         "--data.num_workers", "0", "--data.batch_size", "8", "--model.proj_hidden_dim", "32",
+         "--trainer.default_root_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_unknown_dataset_names_the_problem(tmp_path):

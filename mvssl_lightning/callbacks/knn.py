@@ -25,7 +25,7 @@ from lightly.utils.benchmarking import knn_predict
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from mvssl_lightning.callbacks.online_probe import _all_gather_cat, _check_labels, _features_and_targets
+from mvssl_lightning.callbacks.features import all_gather_cat, check_labels, features_and_targets
 
 __all__ = ["OnlineKNN"]
 
@@ -125,7 +125,7 @@ class OnlineKNN(pl.Callback):
             local_cap = -(-self.max_bank_size // max(trainer.world_size, 1))
             if self._bank_count >= local_cap:
                 return
-        f, y = _features_and_targets(outputs, batch, pl_module)
+        f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
         item = (F.normalize(f, dim=1), y)
@@ -154,7 +154,7 @@ class OnlineKNN(pl.Callback):
             return
         bank = torch.cat([f for f, _ in self._bank])
         bank_y = torch.cat([y for _, y in self._bank])
-        bank, bank_y = _all_gather_cat(trainer, pl_module, bank, bank_y)
+        bank, bank_y = all_gather_cat(trainer, pl_module, bank, bank_y)
         keep = bank_y >= 0
         bank, bank_y = bank[keep], bank_y[keep]
         if self.max_bank_size is not None:
@@ -163,7 +163,7 @@ class OnlineKNN(pl.Callback):
             rank_zero_warn("OnlineKNN: the bank has no labelled samples; kNN accuracy is not computed.")
             return
         num_classes = self.num_classes if self.num_classes is not None else int(bank_y.max()) + 1
-        _check_labels(bank_y, num_classes, "OnlineKNN")
+        check_labels(bank_y, num_classes, "OnlineKNN")
 
         queries = torch.cat([f for f, _ in self._queries])
         query_y = torch.cat([y for _, y in self._queries])

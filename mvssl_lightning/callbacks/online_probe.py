@@ -24,7 +24,6 @@ broadcast. On validation loader ``eval_dataloader_idx`` the head is evaluated wi
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -34,99 +33,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from mvssl_lightning.callbacks.features import all_gather_cat, check_labels, features_and_targets
+
 __all__ = ["OnlineLinearProbe"]
-
-
-# ----------------------------------------------------------------------------- shared helpers
-# (also used by ``knn.py``)
-
-
-def _split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Return ``(x, y)`` of an ``(inputs, targets, ...)`` batch; ``x`` is the first view when the
-    inputs are a list of views. Either is None when the batch does not have that shape."""
-    if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) < 2:
-        return None, None
-    x, y = batch[0], batch[1]
-    if isinstance(x, Sequence) and len(x) > 0:
-        x = x[0]
-    x = x if isinstance(x, Tensor) else None
-    y = y if isinstance(y, Tensor) else None
-    return x, y
-
-
-@torch.no_grad()
-def _forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-    """``pl_module(x)`` without gradients and in eval mode.
-
-    Eval mode keeps the module untouched (no BatchNorm running-stat updates, no dropout random
-    numbers drawn); every submodule's train/eval flag is restored afterwards.
-    """
-    modes = [(m, m.training) for m in pl_module.modules()]
-    dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
-    if dtype is not None and x.is_floating_point():
-        x = x.to(dtype)  # e.g. a module in "bf16-true" precision
-    pl_module.eval()
-    try:
-        f = pl_module(x)
-    finally:
-        for m, training in modes:
-            m.training = training
-    return f
-
-
-def _features_and_targets(
-    outputs: Any, batch: Any, pl_module: pl.LightningModule
-) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Features ``(B, D)`` (detached, float32) and targets ``(B,)`` for a step.
-
-    Features come from ``outputs["features"]`` when the step returned them, else from the fallback
-    forward ``pl_module(x)``. Returns ``(None, None)`` when the batch carries no targets.
-    """
-    x, y = _split_batch(batch)
-    if y is None:
-        return None, None
-    if isinstance(outputs, dict) and isinstance(outputs.get("features"), Tensor):
-        f = outputs["features"]
-    elif x is not None:
-        f = _forward_features(pl_module, x)
-    else:
-        return None, None
-    f = f.detach().flatten(start_dim=1).float()
-    return f, y.detach().reshape(-1).to(device=f.device, dtype=torch.long)
-
-
-def _all_gather_cat(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, *tensors: Tensor
-) -> tuple[Tensor, ...]:
-    """Concatenate each tensor ``(N_r, ...)`` over all processes along dim 0, in rank order.
-
-    ``N_r`` may differ between processes (tensors are padded to the largest ``N_r`` for the
-    collective and trimmed afterwards); trailing dims must agree. Identity on a single process.
-    Uses ``pl_module.all_gather`` without gradients.
-    """
-    if trainer.world_size <= 1:
-        return tensors
-    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = pl_module.all_gather(n, sync_grads=False).reshape(-1).tolist()
-    max_n = max(sizes)
-    out = []
-    for t in tensors:
-        if t.shape[0] < max_n:
-            t = torch.cat([t, t.new_zeros((max_n - t.shape[0], *t.shape[1:]))])
-        g = pl_module.all_gather(t.contiguous(), sync_grads=False)  # (W, max_n, ...)
-        out.append(torch.cat([g[r, : sizes[r]] for r in range(len(sizes))]))
-    return tuple(out)
-
-
-def _check_labels(y: Tensor, num_classes: int, who: str) -> None:
-    bad = y[(y < -1) | (y >= num_classes)]
-    if bad.numel():
-        values = sorted(set(bad.tolist()))
-        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        raise ValueError(
-            f"{who}(num_classes={num_classes}) got labels out of range: [{shown}]; "
-            f"expected 0..{num_classes - 1}, or -1 for an unknown label."
-        )
 
 
 # ----------------------------------------------------------------------------- the callback
@@ -277,7 +186,7 @@ class OnlineLinearProbe(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        f, y = _features_and_targets(outputs, batch, pl_module)
+        f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             if not self._warned_no_targets:
                 rank_zero_warn(
@@ -286,8 +195,8 @@ class OnlineLinearProbe(pl.Callback):
                 )
                 self._warned_no_targets = True
             return
-        f, y = _all_gather_cat(trainer, pl_module, f, y)  # the global batch, identical on all ranks
-        _check_labels(y, self.num_classes, "OnlineLinearProbe")
+        f, y = all_gather_cat(trainer, pl_module, f, y)  # the global batch, identical on all ranks
+        check_labels(y, self.num_classes, "OnlineLinearProbe")
         keep = y >= 0
         n = int(keep.sum())
         if n == 0 or (self.feature_bn and n < 2):
@@ -323,10 +232,10 @@ class OnlineLinearProbe(pl.Callback):
     ) -> None:
         if trainer.sanity_checking or dataloader_idx != self.eval_dataloader_idx:
             return
-        f, y = _features_and_targets(outputs, batch, pl_module)
+        f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
-        _check_labels(y, self.num_classes, "OnlineLinearProbe")
+        check_labels(y, self.num_classes, "OnlineLinearProbe")
         keep = y >= 0
         if not bool(keep.any()):
             return

@@ -1,6 +1,7 @@
 """Pure objectives (tensors in, scalar out) and thin ``nn.Module`` wrappers, one file per paper."""
 
 from mvssl_lightning.losses.distributed import gather_with_grad
+from mvssl_lightning.losses.mec import MECLoss, mec_lambda, mec_loss, mec_taylor_logdet
 from mvssl_lightning.losses.mveb import (
     MVEBLoss,
     mveb_alignment,
@@ -11,8 +12,12 @@ from mvssl_lightning.losses.mveb import (
 )
 
 __all__ = [
+    "MECLoss",
     "MVEBLoss",
     "gather_with_grad",
+    "mec_lambda",
+    "mec_loss",
+    "mec_taylor_logdet",
     "mveb_alignment",
     "mveb_entropy",
     "mveb_entropy_surrogate",

@@ -72,7 +72,9 @@ def mec_taylor_logdet(p: Tensor, z: Tensor, lambda_inv: float, order: int = 4) -
     autocast; no gathering (see :func:`mec_loss`).
     """
     if p.ndim != 2 or p.shape != z.shape or p.shape[0] < 1:
-        raise ValueError(f"mec_taylor_logdet needs p and z of the same shape (m, d), got {tuple(p.shape)}, {tuple(z.shape)}")
+        raise ValueError(
+            f"mec_taylor_logdet needs p and z of the same shape (m, d), got {tuple(p.shape)}, {tuple(z.shape)}"
+        )
     if order < 1 or lambda_inv <= 0:
         raise ValueError(f"need order >= 1 and lambda_inv > 0, got {order}, {lambda_inv}")
     with torch.autocast(device_type=p.device.type, enabled=False):

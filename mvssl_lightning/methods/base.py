@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mvssl_lightning.models.resnet import build_resnet
+from mvssl_lightning.models.backbones import build_backbone
 from mvssl_lightning.optim import build_optimizer, parameter_groups
 from mvssl_lightning.schedules import warmup_cosine_factor
 
@@ -33,9 +33,10 @@ class SiameseModule(L.LightningModule):
     """Base class of the multi-view SSL methods.
 
     Args:
-        backbone: ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision, ``fc`` removed).
-        cifar_stem: 3x3 stride-1 stem without max-pool, for 32 px images.
-        zero_init_residual: zero-init the last BN of each residual block (Goyal et al. 2017).
+        backbone: ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision, ``fc`` removed) or ``amdim``.
+        cifar_stem: small-image stem for 32 px data (ResNets: 3x3 stride-1 conv, no max-pool).
+        zero_init_residual: zero-init the last layer of each residual block (Goyal et al. 2017).
+        backbone_kwargs: further arguments of the backbone builder (e.g. AMDIM's ``ndf``).
         optimizer: ``lars`` (lightly), ``sgd``, ``adamw`` or ``adam``.
         lr: base learning rate at ``reference_batch_size``; scaled by the global batch with ``lr_scaling``.
         lr_scaling: ``linear`` (``lr * B / 256``), ``sqrt`` (``lr * sqrt(B / 256)``) or ``none``.
@@ -48,6 +49,8 @@ class SiameseModule(L.LightningModule):
         min_lr_factor: the cosine ends at ``min_lr_factor * lr``.
         cosine_over_total: divide the cosine by all steps instead of the post-warm-up steps (MVEB code).
         channels_last: run the backbone in ``channels_last`` memory format (faster convs on GPU).
+        compile: ``torch.compile`` the backbone and its EMA copies (in ``configure_model``, in place, so
+            checkpoints keep plain parameter names).
         check_finite: raise on a non-finite loss, naming the step and the offending terms.
     """
 
@@ -60,6 +63,7 @@ class SiameseModule(L.LightningModule):
         backbone: str = "resnet50",
         cifar_stem: bool = False,
         zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
         optimizer: str = "lars",
         lr: float = 0.3,
         lr_scaling: str = "linear",
@@ -76,6 +80,7 @@ class SiameseModule(L.LightningModule):
         min_lr_factor: float = 0.0,
         cosine_over_total: bool = False,
         channels_last: bool = False,
+        compile: bool = False,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -83,7 +88,9 @@ class SiameseModule(L.LightningModule):
             raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {lr_scaling!r}")
         if lr <= 0 or weight_decay < 0 or warmup_epochs < 0:
             raise ValueError(f"need lr > 0, weight_decay >= 0, warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}")
-        self.backbone, self.feat_dim = build_resnet(backbone, cifar_stem, zero_init_residual)
+        self.backbone, self.feat_dim = build_backbone(
+            backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, **(backbone_kwargs or {})
+        )
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.optimizer_name = optimizer
@@ -102,6 +109,7 @@ class SiameseModule(L.LightningModule):
         self.min_lr_factor = min_lr_factor
         self.cosine_over_total = cosine_over_total
         self.channels_last = channels_last
+        self.compile_backbone = compile
         self.check_finite = check_finite
 
     # ------------------------------------------------------------------ features
@@ -121,6 +129,14 @@ class SiameseModule(L.LightningModule):
 
         EMA teachers update here, so gradient accumulation counts optimiser steps, not batches.
         """
+
+    def configure_model(self) -> None:
+        """Compile every module of the backbone's type (the backbone and its EMA teachers) once."""
+        if not self.compile_backbone:
+            return
+        for module in self.children():
+            if type(module) is type(self.backbone) and getattr(module, "_compiled_call_impl", None) is None:
+                module.compile()
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:

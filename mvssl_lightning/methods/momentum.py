@@ -3,7 +3,8 @@
 ``m_t = 1 - (1 - m_0) * (cos(pi * t / T) + 1) / 2`` per optimiser step ``t`` of ``T`` (BYOL §3.2;
 MVEB and MEC use ``m_0 = 0.996``).  The teacher is updated *after* each optimiser step (see
 ``SiameseModule.on_after_optimizer_step``), so gradient accumulation counts optimiser steps, not
-batches.  This equals the official MVEB/MEC order, which updates at the start of the next forward.
+batches.  Each method picks the step index its official code uses (MVEB updates with ``m_t`` at the
+start of iteration t, i.e. after t steps; MEC updates with ``m_t`` right after step t, 0-based).
 Only parameters are averaged; BN buffers are the teacher's own (as in the official code).
 """
 

@@ -1,0 +1,102 @@
+"""What the evaluation callbacks share: getting ``(features, targets)`` out of a step, gathering
+them across processes, and checking labels.
+
+Features come from the step's ``outputs["features"]`` when the method returned them (the library's
+contract), else from ``pl_module(x)`` under ``no_grad`` in eval mode (a user's own module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+def split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Return ``(x, y)`` of an ``(inputs, targets, ...)`` batch; ``x`` is the first view when the
+    inputs are a list of views. Either is None when the batch does not have that shape."""
+    if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) < 2:
+        return None, None
+    x, y = batch[0], batch[1]
+    if isinstance(x, Sequence) and len(x) > 0:
+        x = x[0]
+    x = x if isinstance(x, Tensor) else None
+    y = y if isinstance(y, Tensor) else None
+    return x, y
+
+
+@torch.no_grad()
+def forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+    """``pl_module(x)`` without gradients and in eval mode.
+
+    Eval mode keeps the module untouched (no BatchNorm running-stat updates, no dropout random
+    numbers drawn); every submodule's train/eval flag is restored afterwards.
+    """
+    modes = [(m, m.training) for m in pl_module.modules()]
+    dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)  # e.g. a module in "bf16-true" precision
+    pl_module.eval()
+    try:
+        f = pl_module(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return f
+
+
+def features_and_targets(
+    outputs: Any, batch: Any, pl_module: pl.LightningModule
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Features ``(B, D)`` (detached, float32) and targets ``(B,)`` for a step.
+
+    Features come from ``outputs["features"]`` when the step returned them, else from the fallback
+    forward ``pl_module(x)``. Returns ``(None, None)`` when the batch carries no targets.
+    """
+    x, y = split_batch(batch)
+    if y is None:
+        return None, None
+    if isinstance(outputs, dict) and isinstance(outputs.get("features"), Tensor):
+        f = outputs["features"]
+    elif x is not None:
+        f = forward_features(pl_module, x)
+    else:
+        return None, None
+    f = f.detach().flatten(start_dim=1).float()
+    return f, y.detach().reshape(-1).to(device=f.device, dtype=torch.long)
+
+
+def all_gather_cat(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, *tensors: Tensor
+) -> tuple[Tensor, ...]:
+    """Concatenate each tensor ``(N_r, ...)`` over all processes along dim 0, in rank order.
+
+    ``N_r`` may differ between processes (tensors are padded to the largest ``N_r`` for the
+    collective and trimmed afterwards); trailing dims must agree. Identity on a single process.
+    Uses ``pl_module.all_gather`` without gradients.
+    """
+    if trainer.world_size <= 1:
+        return tensors
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = pl_module.all_gather(n, sync_grads=False).reshape(-1).tolist()
+    max_n = max(sizes)
+    out = []
+    for t in tensors:
+        if t.shape[0] < max_n:
+            t = torch.cat([t, t.new_zeros((max_n - t.shape[0], *t.shape[1:]))])
+        g = pl_module.all_gather(t.contiguous(), sync_grads=False)  # (W, max_n, ...)
+        out.append(torch.cat([g[r, : sizes[r]] for r in range(len(sizes))]))
+    return tuple(out)
+
+
+def check_labels(y: Tensor, num_classes: int, who: str) -> None:
+    bad = y[(y < -1) | (y >= num_classes)]
+    if bad.numel():
+        values = sorted(set(bad.tolist()))
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise ValueError(
+            f"{who}(num_classes={num_classes}) got labels out of range: [{shown}]; "
+            f"expected 0..{num_classes - 1}, or -1 for an unknown label."
+        )

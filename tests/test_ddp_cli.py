@@ -1,0 +1,47 @@
+"""A real 2-process DDP run of ``mvssl fit`` on the CPU (gloo), resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fit(tmp_path: Path, max_epochs: int, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "mvssl_lightning", "fit", "--config", str(REPO / "configs/quickstart.yaml"),
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_epochs", str(max_epochs), "--trainer.limit_val_batches", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--data.batch_size", "8", "--data.train_subset", "48", "--data.test_subset", "32",
+        "--data.num_workers", "0", "--model.proj_hidden_dim", "64", "--model.proj_output_dim", "32",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_ddp_fit_then_resume(tmp_path):
+    first = _fit(tmp_path, 1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the quickstart's ModelCheckpoint(save_last=True) writes into the TensorBoard run folder
+    (last,) = tmp_path.glob("runs/quickstart/version_0/checkpoints/last.ckpt")
+    state = torch.load(last, weights_only=True, map_location="cpu")
+    # 48 images over 2 processes with batch 8 -> 3 optimiser steps per epoch
+    assert state["global_step"] == 3 and state["epoch"] == 0
+
+    second = _fit(tmp_path, 2, "--ckpt_path", str(last))
+    assert second.returncode == 0, second.stderr[-3000:]
+    (resumed_path,) = tmp_path.glob("runs/quickstart/version_1/checkpoints/last.ckpt")
+    resumed = torch.load(resumed_path, weights_only=True, map_location="cpu")
+    assert resumed["global_step"] == 6 and resumed["epoch"] == 1
+    # the EMA teacher moved on from the first run's state, and the probe state travelled along
+    key = "teacher_backbone.conv1.weight"
+    assert not torch.equal(state["state_dict"][key], resumed["state_dict"][key])
+    assert any("OnlineLinearProbe" in k for k in resumed["callbacks"])
