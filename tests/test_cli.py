@@ -89,3 +89,19 @@ def test_single_view_transform_is_refused(tmp_path):
             "--data.views", "torchvision.transforms.ToTensor", "--data.num_workers", "0",
             "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
         ])
+
+
+CIFAR_CONFIGS = sorted((REPO / "configs").glob("*_cifar10.yaml"))
+
+
+@pytest.mark.parametrize("config", CIFAR_CONFIGS, ids=[c.stem for c in CIFAR_CONFIGS])
+def test_every_cifar_config_trains_one_step_on_the_embedded_data(config, tmp_path):
+    # the embedded default is a CIFAR-10 subset, so each CIFAR recipe runs offline unchanged but for
+    # the dataset, a small batch and fp32 on the CPU
+    cli = main([
+        "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1", "--trainer.precision", "32-true", "--trainer.default_root_dir", str(tmp_path),
+        "--data.dataset", "default", "--data.num_workers", "0", "--data.batch_size", "8",
+    ])
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.callback_metrics["train/loss"].isfinite()

@@ -27,6 +27,8 @@ from lightly.transforms.dino_transform import DINOViewTransform
 from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 
+from mvssl_lightning.data.views_amdim import amdim_views, amdim_views_cifar
+
 __all__ = [
     "CIFAR10_NORMALIZE",
     "IMAGENET_NORMALIZE",
@@ -317,6 +319,9 @@ def eval_view_cifar(normalize: Normalize = CIFAR10_NORMALIZE) -> T.Compose:
 
 #: Recipe name -> factory. Every factory takes keyword arguments only and returns a
 #: ``MultiViewRecipe``.
+# views_infomin builds on the recipes above, so it is imported once they exist
+from mvssl_lightning.data.views_infomin import infomin_views, infomin_views_cifar  # noqa: E402
+
 VIEW_RECIPES: dict[str, Callable[..., MultiViewRecipe]] = {
     "mveb_multicrop": mveb_multicrop,
     "mveb_multicrop_cifar": mveb_multicrop_cifar,
@@ -324,6 +329,10 @@ VIEW_RECIPES: dict[str, Callable[..., MultiViewRecipe]] = {
     "two_views_cifar": two_views_cifar,
     "asymmetric": asymmetric_two_views,
     "asymmetric_cifar": asymmetric_two_views_cifar,
+    "amdim": amdim_views,
+    "amdim_cifar": amdim_views_cifar,
+    "infomin": infomin_views,
+    "infomin_cifar": infomin_views_cifar,
 }
 
 

@@ -178,9 +178,9 @@ class SiameseModule(L.LightningModule):
         if torch.isfinite(loss.detach()).all():
             return
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         raise FloatingPointError(
-            f"non-finite loss {float(loss):.4g} at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"non-finite loss {float(loss.detach()):.4g} at global step {self.global_step} (epoch {self.current_epoch}, "
             f"batch {batch_idx}); non-finite terms: {bad or ['loss']}; terms: {values}. "
             f"Lower the learning rate, check the inputs, or use precision 32 to debug."
         )
@@ -203,13 +203,30 @@ class SiameseModule(L.LightningModule):
         ratio = global_batch / self.reference_batch_size
         return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
 
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch: ``ceil(train batches / accumulate_grad_batches)``.
+
+        A run bounded by ``max_steps`` alone never loads the train loader to estimate its length, so it
+        is loaded here the way ``Trainer.estimated_stepping_batches`` does. Loaders without a length
+        fall back to ``total steps / max_epochs`` (or the whole run: set ``warmup_steps`` instead).
+        """
+        total = self.total_steps()
+        if self.trainer.train_dataloader is None:
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        if math.isfinite(batches):
+            return max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
+        max_epochs = self.trainer.max_epochs
+        return max(total // max_epochs, 1) if max_epochs and max_epochs > 0 else total
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        """``epochs`` (fractional) as a number of optimiser steps, capped at the run's total."""
+        return min(int(round(epochs * self.steps_per_epoch())), self.total_steps())
+
     def _warmup_steps(self, total_steps: int) -> int:
         if self.warmup_steps is not None:
             return min(self.warmup_steps, total_steps)
-        max_epochs = self.trainer.max_epochs
-        if not max_epochs or max_epochs < 0:
-            return 0
-        return min(int(round(self.warmup_epochs * total_steps / max_epochs)), total_steps)
+        return self.epochs_to_steps(self.warmup_epochs)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)

@@ -151,12 +151,7 @@ class MEC(SiameseModule):
 
     # ------------------------------------------------------------------ lambda schedule
     def _lambda_warmup_steps(self) -> int:
-        trainer = self._trainer
-        max_epochs = trainer.max_epochs if trainer is not None else None
-        if not max_epochs or max_epochs < 0:
-            return 0
-        total = self.total_steps()
-        return min(int(round(self.lambda_warmup_epochs * total / max_epochs)), total)
+        return self.epochs_to_steps(self.lambda_warmup_epochs) if self._trainer is not None else 0
 
     def current_lambda_inv(self, batch_size: int) -> float:
         """``1 / lambda`` for this optimiser step, with ``m = batch_size x world_size`` when gathering."""

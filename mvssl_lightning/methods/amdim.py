@@ -1,0 +1,141 @@
+"""AMDIM as a LightningModule (Bachman, Hjelm, Buchwalter, "Learning Representations by Maximizing
+Mutual Information Across Views", NeurIPS 2019), following ``Philip-Bachman/amdim-public``
+(``model.py``, ``costs.py``, ``task_self_supervised.py``; methods.md §2, §10.4).
+
+Algorithm (one training step; the objective is :mod:`mvssl_lightning.losses.amdim`)::
+
+    for both views v = 1, 2 (shared flip, independent crops):
+        r1_v, h5_v, h7_v = encoder(x_v)                  # 1x1, 5x5, 7x7 maps, one pass per view
+        r5_v, r7_v = head5(h5_v), head7(h7_v)              # "fake RKHS" 1x1-conv residual heads
+    L = L_1t5 + L_1t7 + L_5t5 + 1/2 * sum(reg)            # symmetrised global->local InfoNCE
+    Adam step (lr 2e-4, betas (0.8, 0.999), wd 1e-5)
+
+No EMA, no projector: both views train the same encoder.  ``forward(x)`` and the features handed to
+the callbacks are ``r1`` flattened ``(B, n_rkhs)`` (the official online classifiers use the same
+detached ``r1``; here :class:`OnlineLinearProbe` plays their part).
+
+Schedule (``task_self_supervised.py``): the learning rate warms up linearly over the first 500
+updates, factor ``min(1, (t + 1) / 500)`` at update ``t`` (0-indexed), then a step decay by
+``lr_gamma = 0.2`` at epochs ``lr_milestones``: ``[30, 45]`` of 50 on ImageNet, ``[250, 280]`` of 300
+on CIFAR/STL.  The official loop calls ``MultiStepLR.step(epoch)`` at the *end* of epoch ``epoch``,
+so its decay takes effect one epoch after the milestone; we decay from the first step of epoch
+``m`` (after ``m`` full epochs, the usual MultiStepLR meaning).  No lr scaling with the batch size
+and no weight-decay exclusions (the official Adam decays every parameter).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from functools import partial
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from mvssl_lightning.losses.amdim import AMDIMLoss
+from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.models.amdim import amdim_heads
+from mvssl_lightning.optim import build_optimizer, parameter_groups
+
+__all__ = ["AMDIM", "amdim_lr_factor"]
+
+
+def amdim_lr_factor(step: int, warmup_steps: int, milestone_steps: Sequence[int], gamma: float) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-indexed)::
+
+        f = min(1, (step + 1) / W) * gamma ** #{m in milestone_steps : step >= m}
+
+    (warm-up as the official loop: the first update already uses ``lr / W``; ``W = 0``: none).
+    """
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * gamma ** bisect_right(sorted(milestone_steps), step)
+
+
+class AMDIM(SiameseModule):
+    """Augmented Multiscale Deep InfoMax.
+
+    Args:
+        backbone: must be ``amdim`` (the encoder with ``forward_maps``); widths via
+            ``backbone_kwargs`` (``ndf``, ``n_rkhs``, ``depth``, ``use_bn``) and the 32 px variant via
+            ``cifar_stem=True``.
+        tclip: soft clip of the NCE scores (20).
+        reg_weight: weight of the squared-score penalty (0.05).
+        gather_distributed: under DDP, contrast each anchor with the images of all processes
+            (default True: the official single-process DataParallel code uses the whole batch).
+        lr_milestones: epochs at which the lr is multiplied by ``lr_gamma`` ([30, 45] ImageNet,
+            [250, 280] CIFAR).
+        lr_gamma: step-decay factor (0.2).
+        warmup_steps: linear warm-up length in optimiser steps (500).
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (``warmup_epochs``,
+            ``warmup_start_factor``, ``min_lr_factor`` and ``cosine_over_total`` are unused: the
+            schedule is :func:`amdim_lr_factor`; ``warmup_steps=None`` falls back to ``warmup_epochs``).
+    """
+
+    min_views = 2
+    max_views = 2
+
+    def __init__(
+        self,
+        backbone: str = "amdim",
+        tclip: float = 20.0,
+        reg_weight: float = 0.05,
+        gather_distributed: bool = True,
+        lr_milestones: Sequence[int] = (30, 45),
+        lr_gamma: float = 0.2,
+        optimizer: str = "adam",
+        lr: float = 2e-4,
+        lr_scaling: str = "none",
+        betas: tuple[float, float] = (0.8, 0.999),
+        weight_decay: float = 1e-5,
+        exclude_bias_and_norm: bool = False,
+        warmup_steps: Optional[int] = 500,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            optimizer=optimizer,
+            lr=lr,
+            lr_scaling=lr_scaling,
+            betas=betas,
+            weight_decay=weight_decay,
+            exclude_bias_and_norm=exclude_bias_and_norm,
+            warmup_steps=warmup_steps,
+            **kwargs,
+        )
+        self.save_hyperparameters()
+        if not hasattr(self.backbone, "forward_maps"):
+            raise ValueError(f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {backbone!r}")
+        if lr_gamma <= 0:
+            raise ValueError(f"lr_gamma must be positive, got {lr_gamma}")
+        self.heads = amdim_heads(self.backbone)
+        self.criterion = AMDIMLoss(tclip, reg_weight, gather_distributed)
+        self.lr_milestones = sorted(int(m) for m in lr_milestones)
+        self.lr_gamma = lr_gamma
+
+    def multiscale_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7))`` after the heads."""
+        r1, h5, h7 = self.backbone.forward_maps(x)
+        return r1, self.heads["r5"](h5), self.heads["r7"](h7)
+
+    def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        feats1 = self.multiscale_features(views[0])
+        feats2 = self.multiscale_features(views[1])
+        loss, terms = self.criterion(feats1, feats2)
+        return loss, terms, feats1[0].flatten(1)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
+        optimizer = build_optimizer(
+            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = self.steps_per_epoch()
+        schedule = partial(
+            amdim_lr_factor,
+            warmup_steps=self._warmup_steps(total),
+            milestone_steps=[m * per_epoch for m in self.lr_milestones],
+            gamma=self.lr_gamma,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
