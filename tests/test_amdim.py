@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import lightning.pytorch as pl
 import numpy as np
@@ -23,6 +22,7 @@ from mvssl_lightning.data.views_amdim import (
 from mvssl_lightning.losses.amdim import AMDIMLoss, amdim_loss, amdim_nce, amdim_terms, sample_r5_cells
 from mvssl_lightning.methods.amdim import AMDIM, amdim_lr_factor
 from mvssl_lightning.models.amdim import ResUnit, amdim_heads, build_amdim_encoder
+from gloo import run_in_processes
 
 
 # --------------------------------------------------------------------------- reference objective
@@ -133,26 +133,17 @@ def test_loss_runs_in_float32_under_bf16_autocast():
     assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def _ddp_worker(rank, world, port, f1, f2, loc1, loc2, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, f1, f2, loc1, loc2):
     b = f1[0].shape[0] // world
     rows = slice(rank * b, (rank + 1) * b)
     local = [x[rows].clone().requires_grad_(True) for x in (*f1, *f2)]
     loss = amdim_loss(local[:3], local[3:], r5_loc1=loc1[rows], r5_loc2=loc2[rows], gather_distributed=True)
     grads = torch.autograd.grad(loss, local)
     # DDP averages parameter gradients over the processes: each row's effective gradient is grad / world
-    out[rank] = (loss.item(), [g / world for g in grads])
-    dist.destroy_process_group()
+    return (loss.item(), [g / world for g in grads])
 
 
 def test_gather_distributed_matches_single_process_global_batch():
-    import socket
-
-    import torch.multiprocessing as mp
-
     world, b, c = 2, 3, 4
     f1, f2 = feats(world * b, c, seed=8, scale=1.5), feats(world * b, c, seed=9, scale=1.5)
     g = torch.Generator().manual_seed(10)
@@ -160,11 +151,7 @@ def test_gather_distributed_matches_single_process_global_batch():
     glob = [x.clone().requires_grad_(True) for x in (*f1, *f2)]
     loss = amdim_loss(glob[:3], glob[3:], r5_loc1=loc1, r5_loc2=loc2)
     expected = torch.autograd.grad(loss, glob)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(world, port, f1, f2, loc1, loc2, out), nprocs=world, join=True)
+    out = run_in_processes(_ddp_worker, f1, f2, loc1, loc2, world=world)
     # the mean of the per-process losses (local anchors, global negatives) is the global loss
     assert np.mean([out[r][0] for r in range(world)]) == pytest.approx(loss.item(), rel=1e-12)
     for i in range(6):

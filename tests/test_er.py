@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import lightning.pytorch as pl
 import numpy as np
@@ -23,6 +22,7 @@ from mvssl_lightning.losses.er import (
     vmf_log_normalizer,
 )
 from mvssl_lightning.methods.er import ERBYOL, ERDINO, ERSimCLR, ERSwAV
+from gloo import run_in_processes
 
 try:
     import mpmath
@@ -227,11 +227,7 @@ def test_entropy_prefers_spread_points_and_runs_in_float32_under_autocast():
 # ----------------------------------------------------------------------------- DDP
 
 
-def _ddp_worker(rank, world, port, z, p, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, z, p):
     b = z.shape[0] // world
     zl = z[rank * b:(rank + 1) * b].clone().requires_grad_(True)
     pl_ = p[rank * b:(rank + 1) * b].clone().requires_grad_(True)
@@ -239,25 +235,16 @@ def _ddp_worker(rank, world, port, z, p, out):
             + 0.3 * er_sphere_entropy(zl, 4.0, "average", gather_distributed=True)
             + er_discrete_entropy(pl_, gather_distributed=True))
     gz, gp = torch.autograd.grad(loss, (zl, pl_))
-    out[rank] = (gz / world, gp / world)  # DDP averages gradients over processes
-    dist.destroy_process_group()
+    return (gz / world, gp / world)  # DDP averages gradients over processes
 
 
 def test_gather_distributed_matches_single_process_global_batch():
-    import socket
-
-    import torch.multiprocessing as mp
-
     world, b = 2, 6
     z, p = unit(world * b, 5, seed=15), probs(world * b, 4, seed=16)
     zg, pg = z.clone().requires_grad_(True), p.clone().requires_grad_(True)
     loss = er_sphere_entropy(zg, 4.0, "expectation") + 0.3 * er_sphere_entropy(zg, 4.0, "average") + er_discrete_entropy(pg)
     expected = torch.autograd.grad(loss, (zg, pg))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(world, port, z, p, out), nprocs=world, join=True)
+    out = run_in_processes(_ddp_worker, z, p, world=world)
     for i in range(2):
         got = torch.cat([out[r][i] for r in range(world)])
         assert (got - expected[i]).norm() / expected[i].norm() < 1e-10

@@ -7,8 +7,6 @@ slot writes for the queue, per-group statistics recomputed by hand for shuffled 
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import lightning as L
 import numpy as np
@@ -30,17 +28,12 @@ from mvssl_lightning.losses.infonce import InfoNCEQueueLoss, infonce_queue_logit
 from mvssl_lightning.methods.infomin import InfoMin, JigsawHead
 from mvssl_lightning.methods.queue import KeyQueue
 from mvssl_lightning.methods.shuffle_bn import shuffled_key_forward
+from gloo import run_in_processes
 
 
 def unit(*shape, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- loss
@@ -189,11 +182,7 @@ def test_shuffled_bn_train_mode_uses_random_groups_of_equal_size():
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
 
 
-def _ddp_worker(rank, world, port, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world):
     torch.manual_seed(100 + rank)  # different local randomness: the permutation must come from rank 0
     queue = KeyQueue(10, 2, seed=0)
     for step, n in enumerate([3, 3, 2]):  # global batches 6, 6 (straddles 6..1), 4
@@ -206,16 +195,12 @@ def _ddp_worker(rank, world, port, out):
     q_all, key_all, bank = (F.normalize(torch.randn(n, 4, generator=g), dim=1) for n in (6, 6, 5))
     local = slice(3 * rank, 3 * rank + 3)
     gathered = InfoNCEQueueLoss(0.2, gather_distributed=True)(q_all[local], key_all[local], bank)[0]
-    out[rank] = (queue.keys.clone(), int(queue.ptr), k, k_all, gathered.item())
-    dist.destroy_process_group()
+    return (queue.keys.clone(), int(queue.ptr), k, k_all, gathered.item())
 
 
 def test_ddp_queues_identical_with_keys_in_rank_order():
-    import torch.multiprocessing as mp
-
     world = 2
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(world, free_port(), out), nprocs=world, join=True)
+    out = run_in_processes(_ddp_worker, world=world)
     initial = [tuple(r) for r in KeyQueue(10, 2, seed=0).keys.tolist()]
     batches = []
     for step, n in enumerate([3, 3, 2]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import lightning as L
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from mvssl_lightning.losses.mec import MECLoss, mec_lambda, mec_loss, mec_taylor_logdet
 from mvssl_lightning.methods.mec import MEC, lambda_inv_schedule
 from mvssl_lightning.methods.momentum import cosine_momentum
+from gloo import run_in_processes
 
 
 def unit_np(x: np.ndarray) -> np.ndarray:
@@ -124,11 +124,7 @@ def test_bad_arguments_raise():
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-def _ddp_worker(rank, world, port, tensors, lambda_inv, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, tensors, lambda_inv):
     b = tensors[0].shape[0] // world
     p1, p2, z1, z2 = (x[rank * b:(rank + 1) * b].clone() for x in tensors)
     result = {}
@@ -136,24 +132,15 @@ def _ddp_worker(rank, world, port, tensors, lambda_inv, out):
         zs = [z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)]
         loss = mec_loss(p1, p2, *zs, lambda_inv, gather_distributed=gather)
         result[gather] = [g.clone() for g in torch.autograd.grad(loss, zs)]
-    out[rank] = result
-    dist.destroy_process_group()
+    return result
 
 
 def test_gather_distributed_matches_single_process_global_batch():
-    import socket
-
-    import torch.multiprocessing as mp
-
     world, b, d, lambda_inv = 2, 5, 7, 2.5
     tensors = [randn(world * b, d, seed=30 + s) for s in range(4)]
     glob = [tensors[2].clone().requires_grad_(True), tensors[3].clone().requires_grad_(True)]
     expected = torch.autograd.grad(mec_loss(tensors[0], tensors[1], *glob, lambda_inv), glob)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(world, port, tensors, lambda_inv, out), nprocs=world, join=True)
+    out = run_in_processes(_ddp_worker, tensors, lambda_inv, world=world)
     for v in range(2):
         # gathered: DDP averages over processes, so each row's effective gradient is local / world
         got = torch.cat([out[r][True][v] / world for r in range(world)])

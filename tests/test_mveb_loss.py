@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mvssl_lightning.losses.mveb import mveb_alignment, mveb_entropy_surrogate, mveb_loss
+from gloo import run_in_processes
 
 
 def reference_score(z: np.ndarray, eta: float = 0.01, min_bw: float = 0.1) -> np.ndarray:
@@ -121,11 +121,7 @@ def test_bad_shapes_raise_clear_errors():
         mveb_entropy_surrogate(unit(1, 3))
 
 
-def _ddp_worker(rank, world, port, online, targets, out):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, online, targets):
     b = online[0].shape[0] // world
     local = [z[rank * b:(rank + 1) * b].clone().requires_grad_(True) for z in online]
     local_t = [t[rank * b:(rank + 1) * b] for t in targets]
@@ -133,15 +129,10 @@ def _ddp_worker(rank, world, port, online, targets, out):
     grads = torch.autograd.grad(loss, local)
     # DDP averages parameter gradients over processes, so each row's effective gradient is its
     # local gradient / world
-    out[rank] = [g / world for g in grads]
-    dist.destroy_process_group()
+    return [g / world for g in grads]
 
 
 def test_gather_distributed_matches_single_process_global_batch():
-    import socket
-
-    import torch.multiprocessing as mp
-
     world, b = 2, 5
     online = [unit(world * b, 6, seed=60 + v) for v in range(3)]
     targets = [unit(world * b, 6, seed=70), unit(world * b, 6, seed=71)]
@@ -149,12 +140,7 @@ def test_gather_distributed_matches_single_process_global_batch():
     # global mean and the gathered estimator gives each row its global-batch score / N
     glob = [z.clone().requires_grad_(True) for z in online]
     expected = torch.autograd.grad(mveb_loss(glob, targets), glob)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_ddp_worker, args=(world, port, online, targets, out), nprocs=world, join=True)
+    out = run_in_processes(_ddp_worker, online, targets, world=world)
     for v in range(3):
         got = torch.cat([out[r][v] for r in range(world)])
         rel = (got - expected[v]).norm() / expected[v].norm()
