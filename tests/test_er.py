@@ -264,15 +264,6 @@ METHODS = {
 }
 
 
-@pytest.fixture
-def single_thread():
-    """Tiny CPU models run faster with one intra-op thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class LossRecorder(pl.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -281,7 +272,7 @@ class LossRecorder(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-@pytest.mark.usefixtures("single_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_with_probe_and_knn(name, tmp_path):
     cls, args, views, view_kwargs = METHODS[name]
@@ -310,7 +301,7 @@ def _views(n_views, b=8, seed=0):
     return [torch.randn(b, 3, 32 if v < 2 else 16, 32 if v < 2 else 16, generator=g) for v in range(n_views)]
 
 
-@pytest.mark.usefixtures("single_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_er_swav_reconstruction_is_lightly_swav_loss():
     from lightly.loss import SwaVLoss
 
@@ -324,7 +315,7 @@ def test_er_swav_reconstruction_is_lightly_swav_loss():
     assert float(terms["reconstruction"]) == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.usefixtures("single_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_er_dino_reconstruction_and_centre_are_lightly_dino_loss():
     from lightly.loss import DINOLoss
 
@@ -351,7 +342,7 @@ def test_er_dino_reconstruction_and_centre_are_lightly_dino_loss():
     assert float(terms_er["entropy"]) == pytest.approx(float(ent), rel=1e-5)
 
 
-@pytest.mark.usefixtures("single_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_er_simclr_and_byol_objectives():
     torch.manual_seed(0)
     model = ERSimCLR(**TINY, **METHODS["simclr"][1], kappa=5.0, entropy_weight=0.5)

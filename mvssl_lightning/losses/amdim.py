@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad, world_size
 
 __all__ = ["AMDIMLoss", "amdim_loss", "amdim_nce", "amdim_terms", "sample_r5_cells", "tanh_clip"]
@@ -65,8 +66,6 @@ def tanh_clip(x: Tensor, clip: Optional[float] = 20.0) -> Tensor:
     return x if clip is None else clip * torch.tanh(x / clip)
 
 
-def _float(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def _rank_offset(local: int, total: int) -> int:
@@ -109,7 +108,7 @@ def _targets(trg_map: Tensor, gather_distributed: bool) -> Tensor:
     """``(B, C, H, W)`` -> float ``(N, C, H W)``, gathered from every process when asked."""
     if trg_map.ndim != 4:
         raise ValueError(f"target map must be (B, C, H, W), got {tuple(trg_map.shape)}")
-    trg = _float(trg_map).flatten(2)
+    trg = at_least_float32(trg_map).flatten(2)
     return gather_with_grad(trg) if gather_distributed else trg
 
 
@@ -137,7 +136,7 @@ def amdim_nce(
     with torch.autocast(device_type=src.device.type, enabled=False):
         trg_all = _targets(trg_map, gather_distributed)
         offset = _rank_offset(src.shape[0], trg_all.shape[0])
-        return _nce(_float(src), trg_all, offset, tclip, reg_weight)
+        return _nce(at_least_float32(src), trg_all, offset, tclip, reg_weight)
 
 
 def sample_r5_cells(batch_size: int, device: Optional[torch.device] = None) -> Tensor:
@@ -179,8 +178,8 @@ def amdim_terms(
     r1_1, r5_1, r7_1 = feats1
     r1_2, r5_2, r7_2 = feats2
     with torch.autocast(device_type=r1_1.device.type, enabled=False):
-        src1_1, src1_2 = _float(r1_1).flatten(1), _float(r1_2).flatten(1)
-        src5_1, src5_2 = _select_cells(_float(r5_1), r5_loc1), _select_cells(_float(r5_2), r5_loc2)
+        src1_1, src1_2 = at_least_float32(r1_1).flatten(1), at_least_float32(r1_2).flatten(1)
+        src5_1, src5_2 = _select_cells(at_least_float32(r5_1), r5_loc1), _select_cells(at_least_float32(r5_2), r5_loc2)
         # each target map is gathered once and serves every task that predicts it
         t5_1, t7_1 = _targets(r5_1, gather_distributed), _targets(r7_1, gather_distributed)
         t5_2, t7_2 = _targets(r5_2, gather_distributed), _targets(r7_2, gather_distributed)

@@ -52,6 +52,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad
 
 __all__ = [
@@ -220,10 +221,6 @@ def vmf_log_normalizer(d: int, kappa: float, official: bool = False) -> float:
 # ----------------------------------------------------------------------------- estimators
 
 
-def _full_precision(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -255,7 +252,7 @@ def er_sphere_entropy(
     n, d = z.shape
     const = math.log(n) - vmf_log_normalizer(d, float(kappa), official_constant)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = _full_precision(z)
+        z = at_least_float32(z)
         lse = torch.logsumexp(kappa * (z @ z.T), dim=1)  # nlp_i = -lse_i + const
         if reduction == "average":
             value = -lse.mean()
@@ -272,7 +269,7 @@ def er_sphere_reconstruction(z1: Tensor, z2: Tensor, kappa: float = 10.0, offici
         raise ValueError(f"er_sphere_reconstruction needs two (B, d) tensors, got {tuple(z1.shape)}, {tuple(z2.shape)}")
     const = -vmf_log_normalizer(z1.shape[1], float(kappa), official_constant)
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        cos = (_full_precision(z1) * _full_precision(z2)).sum(dim=1)
+        cos = (at_least_float32(z1) * at_least_float32(z2)).sum(dim=1)
         value = -kappa * cos.mean()
     return value + const
 
@@ -290,7 +287,7 @@ def er_discrete_entropy(
     if gather_distributed:
         p = gather_with_grad(p)
     with torch.autocast(device_type=p.device.type, enabled=False):
-        pbar = _full_precision(p).mean(dim=0)
+        pbar = at_least_float32(p).mean(dim=0)
         log_pbar = torch.log(pbar + eps)
         return -(pbar * log_pbar).sum() if reduction == "expectation" else -log_pbar.mean()
 
@@ -301,7 +298,7 @@ def er_discrete_reconstruction(p1: Tensor, p2: Tensor, eps: float = EPS) -> Tens
     if p1.shape != p2.shape or p1.ndim != 2:
         raise ValueError(f"er_discrete_reconstruction needs two (B, K) tensors, got {tuple(p1.shape)}, {tuple(p2.shape)}")
     with torch.autocast(device_type=p1.device.type, enabled=False):
-        p1, p2 = _full_precision(p1), _full_precision(p2)
+        p1, p2 = at_least_float32(p1), at_least_float32(p2)
         rec = -(p1 * torch.log(p2 + eps)).sum(dim=1) - (p2 * torch.log(p1 + eps)).sum(dim=1)
         return 0.5 * rec.mean()
 

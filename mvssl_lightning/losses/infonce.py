@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad
 
 __all__ = ["InfoNCEQueueLoss", "infonce_queue_logits", "infonce_queue_loss"]
@@ -43,8 +44,6 @@ def _check(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def infonce_queue_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.15) -> Tensor:
@@ -55,9 +54,9 @@ def infonce_queue_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float
     """
     _check(q, k, queue, temperature)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q = _at_least_float32(q)
-        k = _at_least_float32(k.detach()).to(q.dtype)
-        queue = _at_least_float32(queue.detach()).to(q.dtype)
+        q = at_least_float32(q)
+        k = at_least_float32(k.detach()).to(q.dtype)
+        queue = at_least_float32(queue.detach()).to(q.dtype)
         positive = (q * k).sum(dim=1, keepdim=True)
         negative = q @ queue.T
         return torch.cat([positive, negative], dim=1) / temperature

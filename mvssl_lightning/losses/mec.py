@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvssl_lightning.losses.distributed import gather_with_grad
+from mvssl_lightning.losses.precision import at_least_float32
 
 LOSS_SCALINGS = ("code", "paper_mu")
 
 
-def _float32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def mec_lambda(dim: int, batch_size: int, eps_sq: float = 64.0) -> float:
@@ -78,7 +77,7 @@ def mec_taylor_logdet(p: Tensor, z: Tensor, lambda_inv: float, order: int = 4) -
     if order < 1 or lambda_inv <= 0:
         raise ValueError(f"need order >= 1 and lambda_inv > 0, got {order}, {lambda_inv}")
     with torch.autocast(device_type=p.device.type, enabled=False):
-        p, z = F.normalize(_float32(p), dim=1), F.normalize(_float32(z), dim=1)
+        p, z = F.normalize(at_least_float32(p), dim=1), F.normalize(at_least_float32(z), dim=1)
         m, d = p.shape
         # tr((P Z^T)^k) = tr((Z^T P)^k): use the smaller of the two Gram matrices
         c = (p @ z.T if m <= d else z.T @ p) / lambda_inv

@@ -33,10 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mvssl_lightning.losses.distributed import gather_with_grad
-
-
-def _float32(z: Tensor) -> Tensor:
-    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+from mvssl_lightning.losses.precision import at_least_float32
 
 
 @torch.no_grad()
@@ -62,7 +59,7 @@ def mveb_entropy_surrogate(z: Tensor, eta: float = 0.01, min_bandwidth: float = 
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"mveb_entropy_surrogate needs z of shape (N >= 2, D), got {tuple(z.shape)}")
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = _float32(z)
+        z = at_least_float32(z)
         score = stein_score(z.detach(), eta=eta, min_bandwidth=min_bandwidth)
         return (-score * z).sum(dim=1).mean()
 
@@ -74,12 +71,14 @@ def mveb_alignment(online: Sequence[Tensor], targets: Sequence[Tensor]) -> Tenso
             f"MVEB needs at least 2 online views (2 globals first) and exactly 2 targets, "
             f"got {len(online)} views and {len(targets)} targets"
         )
-    t1, t2 = targets
-    total = (online[0] * t2).sum(dim=1).mean() + (online[1] * t1).sum(dim=1).mean()
-    mean_target = (t1 + t2) / 2
-    for z in online[2:]:
-        total = total + (z * mean_target).sum(dim=1).mean()
-    return total / len(online)
+    with torch.autocast(device_type=online[0].device.type, enabled=False):
+        online = [at_least_float32(z) for z in online]
+        t1, t2 = (at_least_float32(t) for t in targets)
+        total = (online[0] * t2).sum(dim=1).mean() + (online[1] * t1).sum(dim=1).mean()
+        mean_target = (t1 + t2) / 2
+        for z in online[2:]:
+            total = total + (z * mean_target).sum(dim=1).mean()
+        return total / len(online)
 
 
 def mveb_entropy(

@@ -35,6 +35,7 @@ from lightly.models.modules.heads import (
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.er import (
     REDUCTIONS,
     er_discrete_entropy,
@@ -140,7 +141,7 @@ class ERSimCLR(_ERModule):
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         h1, h2 = (self.backbone(x) for x in views)
-        z1, z2 = (F.normalize(self.projector(h).float(), dim=1) for h in (h1, h2))
+        z1, z2 = (F.normalize(at_least_float32(self.projector(h)), dim=1) for h in (h1, h2))
         k, c = self.kappa, self.official_constant
         rec = 0.5 * (er_sphere_reconstruction(z1, z2, k, c) + er_sphere_reconstruction(z2, z1, k, c))
         ent = 0.5 * sum(er_sphere_entropy(z, k, self.reduction, c, self.gather_distributed) for z in (z1, z2))
@@ -221,12 +222,12 @@ class ERBYOL(_ERModule):
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
         projections = [self.projector(h) for h in features]
-        preds = [F.normalize(self.predictor(z).float(), dim=1) for z in projections]
+        preds = [F.normalize(at_least_float32(self.predictor(z)), dim=1) for z in projections]
         with torch.no_grad():
-            targets = [F.normalize(self.teacher_projector(self.teacher_backbone(x)).float(), dim=1) for x in views]
+            targets = [F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1) for x in views]
         k, c = self.kappa, self.official_constant
         rec = 0.5 * (er_sphere_reconstruction(preds[0], targets[1], k, c) + er_sphere_reconstruction(preds[1], targets[0], k, c))
-        on = preds if self.entropy_on == "prediction" else [F.normalize(z.float(), dim=1) for z in projections]
+        on = preds if self.entropy_on == "prediction" else [F.normalize(at_least_float32(z), dim=1) for z in projections]
         ent = 0.5 * sum(er_sphere_entropy(e, k, self.reduction, c, self.gather_distributed) for e in on)
         cosine = 0.5 * ((preds[0] * targets[1]).sum(1).mean() + (preds[1] * targets[0]).sum(1).mean())
         loss, terms = self.er_objective(rec, ent, cosine=cosine)
@@ -320,9 +321,9 @@ class ERDINO(_ERModule):
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
-        log_p = [F.log_softmax(self.head(h).float() / self.student_temp, dim=1) for h in features]
+        log_p = [F.log_softmax(at_least_float32(self.head(h)) / self.student_temp, dim=1) for h in features]
         with torch.no_grad():
-            t_logits = [self.teacher_head(self.teacher_backbone(x)).float() for x in views[:2]]
+            t_logits = [at_least_float32(self.teacher_head(self.teacher_backbone(x))) for x in views[:2]]
             shift = self.center.value if self.centering else 0.0
             q = [F.softmax((t - shift) / self.teacher_temp, dim=1) for t in t_logits]
         pairs = [(i, v) for i in range(len(q)) for v in range(len(log_p)) if v != i]
@@ -421,9 +422,9 @@ class ERSwAV(_ERModule):
         with torch.no_grad():
             self.prototypes.normalize()
         features = [self.backbone(x) for x in views]
-        scores = [self.prototypes(F.normalize(self.projector(h).float(), dim=1), self.global_step) for h in features]
+        scores = [self.prototypes(F.normalize(self.projector(h), dim=1), self.global_step) for h in features]
         with torch.autocast(device_type=features[0].device.type, enabled=False):
-            scores = [s.float() for s in scores]
+            scores = [at_least_float32(s) for s in scores]
             q = [self.codes(s.detach()) for s in scores[:2]]
             log_p = [F.log_softmax(s / self.temperature, dim=1) for s in scores]
         n_views = len(views)

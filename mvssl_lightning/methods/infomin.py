@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
 from torch import Tensor, nn
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.infonce import InfoNCEQueueLoss
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import make_teacher, update_momentum
@@ -78,7 +79,7 @@ class JigsawHead(nn.Module):
         e = self.patch_mlp(h).unflatten(0, (-1, n))  # (B, n, d)
         order = torch.argsort(torch.rand(e.shape[0], n, device=e.device), dim=1)
         e = torch.gather(e, 1, order[..., None].expand_as(e))
-        return F.normalize(self.fuse(e.flatten(1)).float(), dim=1)
+        return F.normalize(at_least_float32(self.fuse(e.flatten(1))), dim=1)
 
 
 class InfoMin(SiameseModule):
@@ -172,11 +173,11 @@ class InfoMin(SiameseModule):
         self.min_views = self.max_views = 2 + (num_patches if jigsaw else 0)
 
     def _key(self, x: Tensor) -> Tensor:
-        return F.normalize(self.teacher_projector(self.teacher_backbone(x)).float(), dim=1)
+        return F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1)
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         h1 = self.backbone(views[0])
-        q = F.normalize(self.projector(h1).float(), dim=1)
+        q = F.normalize(at_least_float32(self.projector(h1)), dim=1)
         k, k_all = shuffled_key_forward(self._key, views[1], self.shuffle_bn_groups, self.shuffle_bn)
         # the loss keeps the queue for backward: use a copy so that the enqueue below may write in place
         queue = self.queue.keys.clone()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.mveb import MVEBLoss
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import cosine_momentum, make_teacher, update_momentum
@@ -101,9 +102,9 @@ class MVEB(SiameseModule):
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
-        online = [F.normalize(self.projector(h).float(), dim=1) for h in features]
+        online = [F.normalize(at_least_float32(self.projector(h)), dim=1) for h in features]
         with torch.no_grad():
-            targets = [F.normalize(self.teacher_projector(self.teacher_backbone(x)).float(), dim=1) for x in views[:2]]
+            targets = [F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1) for x in views[:2]]
         loss, terms = self.criterion(online, targets)
         return loss, terms, features[0]
 
