@@ -414,3 +414,16 @@ def test_warmup_epochs_respected_when_training_by_max_steps():
     lrs = [lrs[0] for _, lrs in rec.step_lrs]
     assert lrs[0] == pytest.approx(0.2e-3)  # warm-up starts at 1e-3 lr
     assert lrs[2] == pytest.approx(0.2 * (1e-3 + 0.999 * 2 / 4))
+
+
+def test_compile_switch_compiles_backbone_and_teacher_in_place():
+    model = tiny_mveb(compile=True)
+    names_before = set(model.state_dict())
+    model.configure_model()  # what the Trainer calls before fit
+    for module in (model.backbone, model.teacher_backbone):
+        assert module._compiled_call_impl is not None
+    assert model.projector._compiled_call_impl is None  # only backbone-type modules
+    assert set(model.state_dict()) == names_before  # checkpoints keep plain parameter names
+    eager = tiny_mveb()
+    eager.configure_model()
+    assert eager.backbone._compiled_call_impl is None
