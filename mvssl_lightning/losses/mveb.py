@@ -96,6 +96,20 @@ def mveb_entropy(
     return total / len(online)
 
 
+def mveb_terms(
+    online: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    lambd: float = 0.01,
+    eta: float = 0.01,
+    min_bandwidth: float = 0.1,
+    gather_distributed: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, A, U)`` with ``loss = -A - lambd * U`` (arguments as :func:`mveb_loss`)."""
+    align = mveb_alignment(online, targets)
+    entropy = mveb_entropy(online, eta, min_bandwidth, gather_distributed)
+    return -align - lambd * entropy, align, entropy
+
+
 def mveb_loss(
     online: Sequence[Tensor],
     targets: Sequence[Tensor],
@@ -113,13 +127,11 @@ def mveb_loss(
             (gradients flow back to each process's rows). Default False, as the official code, which
             uses the per-GPU batch.
     """
-    align = mveb_alignment(online, targets)
-    entropy = mveb_entropy(online, eta, min_bandwidth, gather_distributed)
-    return -align - lambd * entropy
+    return mveb_terms(online, targets, lambd, eta, min_bandwidth, gather_distributed)[0]
 
 
 class MVEBLoss(nn.Module):
-    """Module wrapper of :func:`mveb_loss`; ``forward`` returns ``(loss, {"align", "entropy"})``."""
+    """Module wrapper of :func:`mveb_loss`; ``forward`` returns ``(loss, {"align", "entropy_surrogate"})``."""
 
     def __init__(
         self,
@@ -135,7 +147,7 @@ class MVEBLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, online: Sequence[Tensor], targets: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        align = mveb_alignment(online, targets)
-        entropy = mveb_entropy(online, self.eta, self.min_bandwidth, self.gather_distributed)
-        loss = -align - self.lambd * entropy
+        loss, align, entropy = mveb_terms(
+            online, targets, self.lambd, self.eta, self.min_bandwidth, self.gather_distributed
+        )
         return loss, {"align": align.detach(), "entropy_surrogate": entropy.detach()}
