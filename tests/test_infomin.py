@@ -446,3 +446,15 @@ def test_infomin_with_datamodule_probe_and_knn():
     metrics = trainer.logged_metrics
     assert {"probe/val_top1", "knn/top1", "train/nce", "train/pos_logit"} <= set(metrics)
     assert "train/nce_jigsaw" not in metrics
+
+
+def test_posterize_to_zero_bits_is_black_as_in_the_official_code():
+    # level < 2.5 keeps int(4 * level / 10) = 0 bits; Pillow >= 10 refuses bits=0, the official
+    # (older Pillow) result is a black image
+    from PIL import Image
+
+    from mvssl_lightning.data.views_infomin import rand_augment_op
+
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    out = rand_augment_op(img, "PosterizeTpu", 1.0)
+    assert out.size == (8, 8) and out.getextrema() == ((0, 0), (0, 0), (0, 0))

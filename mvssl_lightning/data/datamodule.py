@@ -12,13 +12,18 @@ Batches (``design.md``, "Data contract"):
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
+from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
 
 from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
 from mvssl_lightning.data.views import (
@@ -34,6 +39,9 @@ __all__ = ["MultiViewDataModule", "multiview_collate"]
 
 #: Datasets of 32 px images.
 CIFAR_SIZED = ("default", "cifar10", "cifar100")
+
+#: Where ``gpu_views`` decodes JPEGs (see ``MultiViewDataModule``).
+DECODE_CHOICES = ("auto", "device", "workers")
 
 #: Seed of the fixed permutation that picks ``train_subset`` / ``test_subset`` samples.
 SUBSET_SEED = 0
@@ -108,6 +116,16 @@ class MultiViewDataModule(L.LightningDataModule):
         train_subset: use only this many training samples (a fixed seeded choice); also caps the
             eval-train (kNN bank) set.
         test_subset: use only this many test samples (a fixed seeded choice).
+        gpu_views: build the training views on the accelerator (``data/device``): workers only read
+            file bytes (or hand over uint8 arrays), JPEGs are decoded in batches on the device and the
+            recipe runs batched with per-sample random parameters, with the same parameter
+            distributions as the CPU recipe.  Works on any device (CPU too).  A recipe step with no
+            device counterpart falls back to the CPU path with a warning naming it.  The eval
+            loaders keep the CPU path.
+        decode: where JPEGs are decoded with ``gpu_views``: ``"device"`` (batched nvJPEG on CUDA,
+            libjpeg-turbo on the CPU device), ``"workers"`` (in the data-loader workers; the batch
+            is stacked uint8 when all images share a size), or ``"auto"`` (``"device"`` on CUDA,
+            else ``"workers"``).
 
     Nothing touches the filesystem before ``prepare_data``/``setup``.
     """
@@ -128,6 +146,8 @@ class MultiViewDataModule(L.LightningDataModule):
         drop_last: bool = True,
         train_subset: Optional[int] = None,
         test_subset: Optional[int] = None,
+        gpu_views: bool = False,
+        decode: str = "auto",
     ) -> None:
         super().__init__()
         self.dataset_name = dataset.lower()
@@ -162,6 +182,13 @@ class MultiViewDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.train_subset = train_subset
         self.test_subset = test_subset
+        if decode not in DECODE_CHOICES:
+            raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
+        self.gpu_views = bool(gpu_views)
+        self.decode = decode
+        self.device_views: Optional[DeviceViews] = None
+        self._view_generator: Optional[torch.Generator] = None
+        self._pending_generator_state: Optional[torch.Tensor] = None
         self.train_dataset: Optional[Dataset] = None
         self.eval_train_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
@@ -188,10 +215,10 @@ class MultiViewDataModule(L.LightningDataModule):
         return peek_num_classes(self.dataset_name, self.data_dir)
 
     # ------------------------------------------------------------------ data
-    def _build(self, split: str, transform: Callable, include_unlabeled: bool = False) -> Dataset:
+    def _build(self, split: str, transform: Callable, include_unlabeled: bool = False, raw: bool = False) -> Dataset:
         return build_dataset(
             self.dataset_name, self.data_dir, split, transform, download=False,
-            include_unlabeled=include_unlabeled,
+            include_unlabeled=include_unlabeled, raw=raw,
         )
 
     def prepare_data(self) -> None:
@@ -206,9 +233,27 @@ class MultiViewDataModule(L.LightningDataModule):
         """Build the training, eval-train and test datasets (once)."""
         if self.train_dataset is not None:
             return
-        self.train_dataset = _subset(self._build("train", self.view_transform, True), self.train_subset)
+        if self.gpu_views and self.device_views is None:
+            try:
+                self.device_views = compile_views(self.view_transform)
+            except UnsupportedOnDevice as e:
+                rank_zero_warn(f"gpu_views: {e}; using the CPU view pipeline instead")
+        raw = self.device_views is not None
+        self.train_dataset = _subset(self._build("train", self.view_transform, True, raw=raw), self.train_subset)
         self.eval_train_dataset = _subset(self._build("train", self.eval_transform), self.train_subset)
         self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset)
+
+    def _train_collate(self) -> Callable:
+        if self.device_views is None:
+            return multiview_collate
+        return functools.partial(raw_collate, decode=self._decode_in_workers())
+
+    def _decode_in_workers(self) -> bool:
+        if self.decode != "auto":
+            return self.decode == "workers"
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return device.type != "cuda"
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers
@@ -220,7 +265,7 @@ class MultiViewDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
-            collate_fn=multiview_collate if train else None,
+            collate_fn=self._train_collate() if train else None,
         )
 
     def _require_setup(self) -> None:
@@ -245,6 +290,52 @@ class MultiViewDataModule(L.LightningDataModule):
             self._loader(self.eval_train_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
             self._loader(self.test_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
         ]
+
+    # ------------------------------------------------------------------ device views
+    def view_generator(self) -> torch.Generator:
+        """The CPU generator of the device views' random parameters.
+
+        Seeded on first use from ``torch.initial_seed()`` (set by ``seed_everything``) plus the
+        process rank, so runs are reproducible and processes draw different views; its state is
+        saved in checkpoints (``state_dict``).
+        """
+        if self._view_generator is None:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._view_generator = torch.Generator().manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
+            if self._pending_generator_state is not None:
+                self._view_generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+        return self._view_generator
+
+    def make_views(self, images: Union[RawImages, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """Decode (when needed) and augment a raw training batch on ``device``."""
+        if self.device_views is None:
+            raise RuntimeError("make_views needs gpu_views: true and a compiled recipe (call setup first)")
+        src, sizes = decode_to_batch(images, device)
+        return self.device_views(src, sizes, self.view_generator())
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``gpu_views``, turn a raw training batch into its views on the batch's device."""
+        if self.device_views is None or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            return batch
+        images, targets = batch
+        if isinstance(images, RawImages) or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8):
+            return self.make_views(images, targets.device), targets
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The device views' generator state (empty on the CPU path)."""
+        if self._view_generator is None:
+            return {}
+        return {"view_generator": self._view_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("view_generator")
+        if state is not None:
+            if self._view_generator is not None:
+                self._view_generator.set_state(state)
+            else:
+                self._pending_generator_state = state
 
     def test_dataloader(self) -> DataLoader:
         """The test set with the eval transform, yielding ``(images, targets)``."""

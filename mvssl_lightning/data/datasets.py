@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import torch
 from PIL import Image
+import torchvision.transforms as T
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -65,6 +67,8 @@ class NpzImageDataset(Dataset):
             same keys (e.g. a ``dict`` of numpy arrays).
         split: ``"train"`` or ``"test"``.
         transform: applied to the decoded RGB ``PIL.Image``; ``None`` returns the image itself.
+        raw: yield the image undecoded for the device view pipeline (``gpu_views``): the file's
+            bytes as a 1-D uint8 tensor, or ``(3, H, W)`` uint8 for raw arrays; ``transform`` unused.
 
     The split's arrays are read into memory once (npz members cannot be memory-mapped); each item
     decodes one image. Attributes: ``targets`` (int64 array, ``-1`` unknown), ``classes`` (names;
@@ -76,11 +80,13 @@ class NpzImageDataset(Dataset):
         path_or_arrays: Union[PathLike, Mapping[str, Any]],
         split: str = "train",
         transform: Optional[Callable] = None,
+        raw: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split = split
         self.transform = transform
+        self.raw = raw
         if isinstance(path_or_arrays, Mapping):
             self.source = "<arrays>"
             arrays, keys = path_or_arrays, set(path_or_arrays.keys())
@@ -156,11 +162,19 @@ class NpzImageDataset(Dataset):
                 f"corrupt image {index} in split '{self.split}' of {self.source}: {type(e).__name__}: {e}"
             ) from e
 
+    def load_raw(self, index: int) -> torch.Tensor:
+        """Image ``index`` undecoded: file bytes (1-D uint8), or ``(3, H, W)`` uint8 for raw arrays."""
+        if self._x is not None:
+            return torch.from_numpy(np.ascontiguousarray(self._x[index].transpose(2, 0, 1)))
+        return torch.from_numpy(self._jpeg[self._offsets[index] : self._offsets[index + 1]].copy())
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
+        if self.raw:
+            return self.load_raw(index), int(self.targets[index])
         img = self.load_image(index)
         if self.transform is not None:
             img = self.transform(img)
@@ -168,6 +182,25 @@ class NpzImageDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, split={self.split!r}, n={len(self)})"
+
+
+def read_raw_image(path: str) -> torch.Tensor:
+    """An image file for the device pipeline: its bytes if it is a JPEG, else decoded ``(3, H, W)`` uint8."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    from mvssl_lightning.data.device.decode import is_jpeg
+
+    data = read_file(path)
+    if is_jpeg(data):
+        return data
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:  # a format torchvision cannot decode: let Pillow try
+        try:
+            with Image.open(path) as img:
+                return T.PILToTensor()(img.convert("RGB"))
+        except Exception as e:
+            raise ValueError(f"corrupt or unreadable image {path}: {type(e).__name__}: {e}") from e
 
 
 def _require_root(name: str, root: Optional[PathLike]) -> Path:
@@ -195,6 +228,7 @@ def build_dataset(
     transform: Optional[Callable] = None,
     download: bool = False,
     include_unlabeled: bool = False,
+    raw: bool = False,
 ) -> Dataset:
     """Build a dataset yielding ``(transform(image), int label)`` by name.
 
@@ -210,6 +244,9 @@ def build_dataset(
         download: let torchvision download missing files.
         include_unlabeled: for the self-supervised training set, add unlabeled images where the
             dataset has them (STL-10: ``"train+unlabeled"``, label ``-1``). Ignored elsewhere.
+        raw: yield undecoded images for the device view pipeline instead of ``transform(image)``:
+            JPEG file bytes (1-D uint8) where the data are JPEG files (npz, ImageFolder), else
+            ``(3, H, W)`` uint8 tensors.
 
     Raises:
         ValueError: unknown name or split.
@@ -218,13 +255,15 @@ def build_dataset(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = name.lower()
+    if raw:
+        transform = T.PILToTensor() if name not in ("default", "npz") else None
     if name == "default":
-        return NpzImageDataset(embedded_default_path(), split, transform)
+        return NpzImageDataset(embedded_default_path(), split, transform, raw=raw)
     if name == "npz":
         path = _require_root(name, root)
         if not path.is_file():
             raise FileNotFoundError(f"npz dataset file not found: {path}")
-        return NpzImageDataset(path, split, transform)
+        return NpzImageDataset(path, split, transform, raw=raw)
     if name == "imagefolder":
         from torchvision.datasets import ImageFolder
 
@@ -232,6 +271,8 @@ def build_dataset(
         candidates = ["train"] if split == "train" else ["val", "test"]
         for sub in candidates:
             if (base / sub).is_dir():
+                if raw:
+                    return ImageFolder(str(base / sub), loader=read_raw_image)
                 return ImageFolder(str(base / sub), transform=transform)
         raise FileNotFoundError(
             f"imagefolder directory not found: {base / candidates[0]} (expected {base}/train/<class>/* "

@@ -115,6 +115,8 @@ def rand_augment_op(
         return img.rotate(sign * 30.0 * r, resample=resample, fillcolor=_fill_for(img, fill))
     if name == "PosterizeTpu":
         bits = int(4 * r)
+        if bits <= 0:  # official: posterize to 0 bits = black (Pillow >= 10 refuses bits=0)
+            return Image.new(img.mode, img.size)
         return img if bits >= 8 else ImageOps.posterize(img, bits)
     if name == "Solarize":
         return ImageOps.solarize(img, int(256 * r))
@@ -169,6 +171,8 @@ class InfoMinRandAugment:
         self.prob = float(prob)
         self.ops = tuple(ops)
         self.fill = tuple(int(v) for v in fill)
+        if len(self.fill) != 3:
+            raise ValueError(f"fill must be an RGB triple, got {self.fill}")
 
     def _apply(self, img: Image.Image, name: str, level: float) -> Image.Image:
         resample = _RESAMPLE[int(torch.randint(len(_RESAMPLE), ()))]

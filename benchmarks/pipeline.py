@@ -1,0 +1,170 @@
+"""View-pipeline throughput: the CPU path (workers decode + PIL recipe) against the device path
+(``gpu_views``: workers read bytes, batched decode + augmentation on the accelerator).
+
+    python benchmarks/pipeline.py                        # on a GPU machine: 224 px and 32 px, all workers
+    python benchmarks/pipeline.py --preset cpu-small     # a small CPU configuration
+
+Data: JPEG bytes in the npz layout.  ``--data`` (default: ``../shared/data/cifar10.npz`` when present,
+else the embedded subset) gives the 32 px images; the 224 px case re-encodes them as
+``--photo-size`` px JPEGs (quality 90, bicubic upscale), a stand-in for ImageNet photos.  Each case
+runs the same ``MultiViewDataModule`` twice, ``gpu_views`` false and true, and counts images/s
+through the loader **and** the view construction (``on_after_batch_transfer``), synchronised, after
+``--warmup`` batches.  Nothing trains: this is the bound the data pipeline puts on a training step.
+Writes ``benchmarks/results/pipeline-<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mvssl_lightning.data import MultiViewDataModule, embedded_default_path  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
+
+# name -> (image side, recipe, view kwargs, batch size)
+CASES = {
+    "224px-two_views": (224, "two_views", {}, 256),
+    "224px-mveb_multicrop": (224, "mveb_multicrop", {}, 256),
+    "32px-two_views_cifar": (32, "two_views_cifar", {}, 512),
+    "32px-mveb_multicrop_cifar": (32, "mveb_multicrop_cifar", {}, 512),
+}
+PRESETS = {
+    "gpu": dict(cases=list(CASES), images=8192, warmup=3),
+    "cpu-small": dict(cases=["224px-two_views", "32px-two_views_cifar"], images=256, warmup=1, batch_size=64),
+}
+
+
+def photo_npz(source: Path, side: int, n: int, out_dir: Path) -> Path:
+    """``n`` images of ``source`` re-encoded as ``side``-px JPEGs (train and test splits)."""
+    with np.load(source) as d:
+        arrays = {k: d[k] for k in d.files}
+    out: dict[str, np.ndarray] = {}
+    for split, count in (("train", n), ("test", 8)):
+        jpeg, offsets = arrays[f"jpeg_{split}"], arrays[f"offsets_{split}"]
+        files = []
+        for i in range(min(count, len(offsets) - 1)):
+            img = Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB")
+            buf = io.BytesIO()
+            img.resize((side, side), Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
+            files.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+        out[f"jpeg_{split}"] = np.concatenate(files)
+        out[f"offsets_{split}"] = np.concatenate([[0], np.cumsum([len(f) for f in files])]).astype(np.int64)
+        out[f"y_{split}"] = arrays[f"y_{split}"][: len(files)]
+    path = out_dir / f"photos-{side}.npz"
+    np.savez(path, **out)
+    return path
+
+
+def measure(data: Path, recipe: str, view_kwargs: dict, batch_size: int, workers: int, gpu_views: bool,
+            device: torch.device, images: int, warmup: int) -> dict:
+    """Images/s through loader + view construction for one configuration."""
+    dm = MultiViewDataModule(
+        dataset="npz", data_dir=str(data), views=recipe, view_kwargs=view_kwargs, batch_size=batch_size,
+        num_workers=workers, gpu_views=gpu_views, decode="device" if device.type == "cuda" else "workers",
+        persistent_workers=False,
+    )
+    dm.setup()
+    steps = max(1, images // batch_size)
+    done, start = 0, None
+    while done < warmup + steps:
+        for images_batch, targets in dm.train_dataloader():
+            if done == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+            targets = targets.to(device, non_blocking=True)
+            if gpu_views:
+                views = dm.on_after_batch_transfer((images_batch, targets), 0)[0]
+            else:
+                views = [v.to(device, non_blocking=True) for v in images_batch]
+            assert views[0].dtype == torch.float32
+            done += 1
+            if done == warmup + steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds, "batches": steps,
+            "num_views": len(views)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu-small")
+    parser.add_argument("--data", type=Path, default=SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--images", type=int, default=None, help="images timed per configuration")
+    parser.add_argument("--photo-size", type=int, default=320, help="side of the re-encoded 'photo' JPEGs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="a remark written under the table (machine load...)")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = args.data or embedded_default_path()
+    n_images = args.images or preset["images"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = None
+        for case in preset["cases"]:
+            side, recipe, view_kwargs, batch_size = CASES[case]
+            batch_size = preset.get("batch_size", batch_size)
+            if side > 32 and photos is None:
+                photos = photo_npz(data, args.photo_size, n_images + batch_size * (preset["warmup"] + 1), Path(tmp))
+            source = photos if side > 32 else data
+            row = {"case": case, "recipe": recipe, "batch_size": batch_size, "workers": args.workers}
+            for path_name, gpu_views in (("cpu_path", False), ("device_path", True)):
+                row[path_name] = measure(source, recipe, view_kwargs, batch_size, args.workers, gpu_views, device,
+                                         n_images, preset["warmup"])
+                print(case, path_name, f"{row[path_name]['images_per_s']:.0f} images/s", flush=True)
+            row["speedup"] = row["device_path"]["images_per_s"] / row["cpu_path"]["images_per_s"]
+            rows.append(row)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    result = {
+        "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
+        "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
+        "command": "python benchmarks/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "note": args.note, "rows": rows,
+    }
+    write(result, args.out)
+    return result
+
+
+def write(result: dict, out: Path) -> None:
+    """``pipeline-<device>.json`` and a markdown table next to it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "pipeline-" + result["device"].lower().replace(" ", "-")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# View pipeline throughput on {result['device']} ({result['cpu_count']} CPU cores)", "",
+        f"`{result['command']}` ({result['date']}, torch {result['torch']}); images/s through the loader and "
+        "the view construction, 224 px cases from re-encoded "
+        f"{result['photo_size']} px JPEGs.", "",
+        "| case | views | batch | workers | CPU path | device path | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['device_path']['num_views']} | {r['batch_size']} | {r['workers']} | "
+            f"{r['cpu_path']['images_per_s']:,.0f} | {r['device_path']['images_per_s']:,.0f} | {r['speedup']:.2f}x |"
+        )
+    if result.get("note"):
+        lines += ["", result["note"]]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

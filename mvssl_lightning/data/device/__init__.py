@@ -1,0 +1,1 @@
+"""Batched, per-sample-random view augmentation on any device (the ``gpu_views`` path)."""

@@ -1,0 +1,120 @@
+"""Undecoded batches for the device view pipeline: collate in the workers, decode on the device.
+
+With ``gpu_views`` the data-loader workers do only what must happen per sample on the CPU: read the
+image file's bytes (JPEG), or hand over a decoded ``(3, H, W)`` uint8 array (raw arrays, CIFAR,
+non-JPEG files).  :func:`raw_collate` packs a batch into :class:`RawImages` (or one stacked uint8
+tensor when the workers decode and all images share a size).  On the device,
+:func:`decode_to_batch` decodes the JPEGs in one batched ``torchvision.io.decode_jpeg`` call (nvJPEG
+on CUDA, libjpeg-turbo on the CPU) and pads the images into one ``(B, 3, H, W)`` uint8 tensor with
+their true sizes.
+
+``RawImages`` is neither a tensor nor a sequence, so Lightning's batch transfer leaves its bytes on
+the CPU, where ``decode_jpeg(..., device="cuda")`` wants them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+__all__ = ["RawImages", "decode_to_batch", "is_jpeg", "pad_images", "raw_collate"]
+
+_JPEG_MAGIC = (0xFF, 0xD8)
+
+
+def is_jpeg(data: Tensor) -> bool:
+    """Whether a 1-D uint8 tensor holds a JPEG file (starts with the SOI marker)."""
+    return data.dim() == 1 and data.numel() > 2 and (int(data[0]), int(data[1])) == _JPEG_MAGIC
+
+
+class RawImages:
+    """A batch of images as file bytes (1-D uint8) or decoded ``(3, H, W)`` uint8 tensors, on the CPU."""
+
+    def __init__(self, items: Sequence[Tensor]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pin_memory(self) -> "RawImages":
+        """Pin the decoded images (file bytes stay as they are: the decoder reads them on the CPU)."""
+        return RawImages([t if t.dim() == 1 else t.pin_memory() for t in self.items])
+
+    def __repr__(self) -> str:
+        n_bytes = sum(t.dim() == 1 for t in self.items)
+        return f"{type(self).__name__}(n={len(self.items)}, encoded={n_bytes})"
+
+
+def _decode_cpu(data: Tensor, position: int) -> Tensor:
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        raise ValueError(f"corrupt image at position {position} of the batch: {e}") from e
+
+
+def _decode_all(items: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Decode file bytes to ``(3, H, W)`` uint8 on ``device``; decoded items are only moved."""
+    out: list[Tensor] = [t.to(device, non_blocking=True) if t.dim() == 3 else t for t in items]
+    jpeg = [i for i, t in enumerate(items) if t.dim() == 1 and is_jpeg(t)] if device.type == "cuda" else []
+    if jpeg:
+        try:
+            decoded = decode_jpeg([items[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # find the culprit with the CPU decoder for a clear message
+            decoded = [_decode_cpu(items[i], i).to(device) for i in jpeg]
+        for i, img in zip(jpeg, decoded):
+            out[i] = img
+    done = set(jpeg)
+    for i, t in enumerate(items):
+        if t.dim() == 1 and i not in done:
+            out[i] = _decode_cpu(t, i).to(device, non_blocking=True)
+    return out
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack ``(3, H_i, W_i)`` images into ``(B, 3, max H, max W)``, padded at the bottom/right.
+
+    The padding repeats the last row/column, so a resampler that reads just past the image edge
+    (bilinear taps of a crop touching the border) sees the edge value, as when resizing the image
+    alone.  Returns the batch and ``sizes (B, 2)`` int64 (height, width) on the CPU.
+    """
+    sizes = torch.tensor([tuple(t.shape[-2:]) for t in images], dtype=torch.int64)
+    if bool((sizes == sizes[0]).all()):
+        return torch.stack(list(images)), sizes
+    h, w = (int(v) for v in sizes.max(0).values)
+    batch = images[0].new_zeros((len(images), 3, h, w))
+    for i, img in enumerate(images):
+        ih, iw = img.shape[-2:]
+        batch[i, :, :ih, :iw] = img
+        batch[i, :, :ih, iw:] = img[:, :, iw - 1:]
+        batch[i, :, ih:, :] = batch[i, :, ih - 1:ih, :]
+    return batch, sizes
+
+
+def decode_to_batch(images: Union[RawImages, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """A training batch's images as ``(B, 3, H, W)`` uint8 on ``device`` plus their ``sizes (B, 2)``."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}")
+        b, _, h, w = images.shape
+        return images.to(device, non_blocking=True), torch.tensor([[h, w]] * b, dtype=torch.int64)
+    return pad_images(_decode_all(images.items, torch.device(device)))
+
+
+def raw_collate(batch: Sequence[tuple[Tensor, Any]], decode: bool = False) -> tuple[Union[RawImages, Tensor], Tensor]:
+    """Collate ``(uint8 image or file bytes, label)`` samples for the device pipeline.
+
+    With ``decode`` the worker decodes file bytes (libjpeg-turbo) and, when every image has one
+    size, returns one stacked ``(B, 3, H, W)`` uint8 tensor (pinned and moved like any tensor);
+    otherwise a :class:`RawImages`.
+    """
+    items = [img for img, _ in batch]
+    targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
+    if decode:
+        items = _decode_all(items, torch.device("cpu"))
+        if len({tuple(t.shape) for t in items}) == 1:
+            return torch.stack(items), targets
+    return RawImages(items), targets
