@@ -94,21 +94,24 @@ def resized_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int) -> Tenso
     Float conversion runs in chunks of images so that large sources stay within
     :data:`SOURCE_CHUNK_BYTES`.
     """
-    boxes = boxes.to(src.device, torch.float32)
-    index = index.to(src.device)
+    boxes, index = boxes.cpu().float(), index.cpu()
     out = src.new_empty((boxes.shape[0], src.shape[1], size, size), dtype=torch.float32)
     per_image = src[0].numel() * 4
     chunk = max(1, SOURCE_CHUNK_BYTES // max(per_image, 1))
     scale = 1.0 / 255.0 if src.dtype == torch.uint8 else 1.0
     for start in range(0, src.shape[0], chunk):
-        sel = ((index >= start) & (index < start + chunk)).nonzero()[:, 0]
+        sel = ((index >= start) & (index < start + chunk)).nonzero()[:, 0]  # on the CPU: no device sync
         if sel.numel() == 0:
             continue
         part = src[start:start + chunk].float().mul_(scale)
         top, left, h, w = boxes[sel].unbind(1)
         rois = torch.stack([(index[sel] - start).float(), left, top, left + w, top + h], dim=1)
-        out[sel] = roi_align(part, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                             aligned=True)
+        crops = roi_align(part, rois.to(src.device, non_blocking=True), output_size=size, spatial_scale=1.0,
+                          sampling_ratio=-1, aligned=True)
+        if sel.numel() == boxes.shape[0]:
+            out = crops
+        else:
+            out[sel.to(src.device)] = crops
     return out
 
 

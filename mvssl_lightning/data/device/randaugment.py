@@ -203,10 +203,11 @@ def _bicubic_pil(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     return out.view(n, c, h, w).clamp_(0.0, 1.0)
 
 
-def _affine_pil(x: Tensor, a: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
+def _affine_pil(x: Tensor, a: Tensor, lin: Tensor, cub: Tensor, fill: Tensor) -> Tensor:
     """PIL ``transform(AFFINE)`` of every image of ``x`` with its own matrix ``a (n, 2, 3)``.
 
-    ``bicubic (n,)`` picks the filter per sample; out-of-image sources take ``fill (3,)``.
+    ``lin`` / ``cub``: indices of the samples resampled bilinear / bicubic; out-of-image sources
+    take ``fill (3,)``.
     """
     n, c, h, w = x.shape
     dev = x.device
@@ -218,14 +219,13 @@ def _affine_pil(x: Tensor, a: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
     ys = a[:, 1, 0, None, None] * xx + a[:, 1, 1, None, None] * yy + a[:, 1, 2, None, None]
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     out = torch.empty_like(x)
-    lin = ~bicubic
-    if bool(lin.any()):
+    if lin.numel():
         # grid_sample with align_corners=False: pixel coordinate p <-> normalised 2 p / size - 1.
         grid = torch.stack([2.0 * xs[lin] / w - 1.0, 2.0 * ys[lin] / h - 1.0], -1)
         out[lin] = F.grid_sample(x[lin], grid.to(x.dtype), mode="bilinear", padding_mode="border",
                                  align_corners=False)
-    if bool(bicubic.any()):
-        out[bicubic] = _bicubic_pil(x[bicubic], xs[bicubic], ys[bicubic])
+    if cub.numel():
+        out[cub] = _bicubic_pil(x[cub], xs[cub], ys[cub])
     return torch.where(inside.unsqueeze(1), out, fill.to(x.dtype).view(1, c, 1, 1))
 
 
@@ -260,36 +260,55 @@ class DeviceRandAugment(DeviceStep, InfoMinRandAugment):
         level = level.clamp(0.0, MAX_LEVEL).to(torch.float32)
         sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0).to(torch.float32)
         bicubic = torch.rand(shape, generator=generator) < 0.5
-        return {"op": op, "apply": apply, "level": level, "sign": sign, "bicubic": bicubic}
+        params = {"op": op, "apply": apply, "level": level, "sign": sign, "bicubic": bicubic}
+        params.update(self._selections(params))
+        return params
+
+    def _selections(self, params: Params) -> Params:
+        """Which samples take which op in each round, as index tensors computed on the CPU.
+
+        Drawn with the parameters, so that ``apply`` never asks the device which samples to take
+        (no host synchronisation on CUDA).  Keys: ``idx{k}_{code}`` (pointwise ops), ``geo{k}``
+        (geometric ops) and, within ``geo{k}``, ``lin{k}`` / ``cub{k}`` (bilinear / bicubic).
+        """
+        codes = torch.tensor([_CODE[name] for name in self.ops])
+        geometric = torch.tensor([_CODE[name] for name in GEOMETRIC_OPS])
+        out: Params = {}
+        for k in range(params["op"].shape[1]):
+            code = codes[params["op"][:, k].cpu()]
+            on = params["apply"][:, k].cpu()
+            for c in sorted({_CODE[name] for name in self.ops} - set(geometric.tolist())):
+                out[f"idx{k}_{c}"] = torch.nonzero(on & (code == c)).view(-1)
+            geo = torch.nonzero(on & torch.isin(code, geometric)).view(-1)
+            cub = params["bicubic"][:, k].cpu()[geo]
+            out[f"geo{k}"] = geo
+            out[f"lin{k}"] = torch.nonzero(~cub).view(-1)
+            out[f"cub{k}"] = torch.nonzero(cub).view(-1)
+        return out
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
         if x.shape[0] == 0 or self.num_ops == 0:
             return x
         dev = x.device
+        if "geo0" not in params:  # parameters built by hand: select on the CPU once
+            params = {**params, **{k: v.to(dev) for k, v in self._selections(params).items()}}
         codes = torch.tensor([_CODE[name] for name in self.ops], device=dev)
         fill = torch.tensor(self.fill, dtype=torch.float32, device=dev) / 255.0
-        geometric = torch.tensor([_CODE[name] for name in GEOMETRIC_OPS], device=dev)
-        present = sorted({_CODE[name] for name in self.ops})
         out = x.clone()
         for k in range(params["op"].shape[1]):
             code = codes[params["op"][:, k].to(dev)]
-            on = params["apply"][:, k].to(dev)
             r = params["level"][:, k].to(dev, torch.float32).clamp(0.0, MAX_LEVEL) / MAX_LEVEL
             sign = params["sign"][:, k].to(dev, torch.float32)
-            bicubic = params["bicubic"][:, k].to(dev)
-            for c in present:
-                name = RAND_AUGMENT_OPS[c]
-                if name in GEOMETRIC_OPS:
-                    continue
-                idx = torch.nonzero(on & (code == c)).view(-1)
-                if idx.numel():
+            for key, idx in params.items():
+                if key.startswith(f"idx{k}_") and idx.numel():
+                    name = RAND_AUGMENT_OPS[int(key.rpartition("_")[2])]
                     out[idx] = self._pointwise(name, out[idx], r[idx])
-            idx = torch.nonzero(on & torch.isin(code, geometric)).view(-1)
+            idx = params[f"geo{k}"]
             if idx.numel():
                 sub = out[idx]
                 h, w = sub.shape[-2:]
                 a = _geometric_matrices(code[idx], r[idx], sign[idx], h, w)
-                out[idx] = _affine_pil(sub, a, bicubic[idx], fill)
+                out[idx] = _affine_pil(sub, a, params[f"lin{k}"], params[f"cub{k}"], fill)
         return out
 
     @staticmethod
