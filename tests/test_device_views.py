@@ -139,11 +139,15 @@ def test_corrupt_bytes_name_their_position():
 def test_worker_collate_stacks_equal_sizes_and_keeps_bytes_otherwise():
     raw = build_dataset("default", split="train", raw=True)
     samples = [raw[i] for i in range(4)]
-    stacked, targets = raw_collate(samples, decode=True)
+    stacked, targets = raw_collate(samples, decode_below=float("inf"))
     assert isinstance(stacked, torch.Tensor) and stacked.shape == (4, 3, 32, 32) and stacked.dtype == torch.uint8
     assert targets.tolist() == [int(raw.targets[i]) for i in range(4)]
-    kept, _ = raw_collate(samples, decode=False)
+    kept, _ = raw_collate(samples, decode_below=0)
     assert isinstance(kept, RawImages) and all(t.dim() == 1 for t in kept.items)
+    # by size: only the files under the threshold are decoded in the worker
+    threshold = sorted(t.numel() for t, _ in samples)[2]
+    mixed, _ = raw_collate(samples, decode_below=threshold)
+    assert [t.dim() for t in mixed.items] == [3 if t.numel() < threshold else 1 for t, _ in samples]
 
 
 @pytest.mark.parametrize("decode", ["workers", "device"])

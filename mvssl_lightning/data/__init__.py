@@ -1,6 +1,8 @@
-"""Data: ``MultiViewDataModule``, the npz/torchvision datasets and the view recipes."""
+"""Data: ``MultiViewDataModule``, the npz/torchvision datasets, the view recipes and their device versions."""
 
 from mvssl_lightning.data.datamodule import MultiViewDataModule, multiview_collate
+from mvssl_lightning.data.device.decode import RawImages
+from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
 from mvssl_lightning.data.datasets import (
     DATASET_NAMES,
     NpzImageDataset,
@@ -27,14 +29,18 @@ from mvssl_lightning.data.views import (
 __all__ = [
     "CIFAR10_NORMALIZE",
     "DATASET_NAMES",
+    "DeviceViews",
     "IMAGENET_NORMALIZE",
     "VIEW_RECIPES",
     "MultiViewDataModule",
     "MultiViewRecipe",
     "NpzImageDataset",
+    "RawImages",
+    "UnsupportedOnDevice",
     "asymmetric_two_views",
     "asymmetric_two_views_cifar",
     "build_dataset",
+    "compile_views",
     "default_eval_view",
     "embedded_default_path",
     "eval_view",

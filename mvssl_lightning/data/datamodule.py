@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -42,6 +43,9 @@ CIFAR_SIZED = ("default", "cifar10", "cifar100")
 
 #: Where ``gpu_views`` decodes JPEGs (see ``MultiViewDataModule``).
 DECODE_CHOICES = ("auto", "device", "workers")
+#: With ``decode: auto`` on CUDA, JPEG files from this size on (ImageNet photos: ~110 KB) are decoded
+#: on the device; smaller ones (CIFAR: ~1 KB) in the workers.
+AUTO_DEVICE_DECODE_MIN_BYTES = 16 * 1024
 
 #: Seed of the fixed permutation that picks ``train_subset`` / ``test_subset`` samples.
 SUBSET_SEED = 0
@@ -124,8 +128,9 @@ class MultiViewDataModule(L.LightningDataModule):
             loaders keep the CPU path.
         decode: where JPEGs are decoded with ``gpu_views``: ``"device"`` (batched nvJPEG on CUDA,
             libjpeg-turbo on the CPU device), ``"workers"`` (in the data-loader workers; the batch
-            is stacked uint8 when all images share a size), or ``"auto"`` (``"device"`` on CUDA,
-            else ``"workers"``).
+            is stacked uint8 when all images share a size), or ``"auto"``: on CUDA, files of at
+            least 16 KB on the device and smaller ones (e.g. CIFAR's ~1 KB) in the workers; off
+            CUDA, in the workers.
 
     Nothing touches the filesystem before ``prepare_data``/``setup``.
     """
@@ -246,14 +251,17 @@ class MultiViewDataModule(L.LightningDataModule):
     def _train_collate(self) -> Callable:
         if self.device_views is None:
             return multiview_collate
-        return functools.partial(raw_collate, decode=self._decode_in_workers())
+        return functools.partial(raw_collate, decode_below=self._decode_below())
 
-    def _decode_in_workers(self) -> bool:
-        if self.decode != "auto":
-            return self.decode == "workers"
+    def _decode_below(self) -> float:
+        """File size under which the workers decode (see ``decode``)."""
+        if self.decode == "workers":
+            return math.inf
+        if self.decode == "device":
+            return 0
         trainer = self.trainer
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return device.type != "cuda"
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return AUTO_DEVICE_DECODE_MIN_BYTES if on_cuda else math.inf
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers

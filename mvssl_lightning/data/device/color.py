@@ -93,19 +93,14 @@ def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
-    h6 = h * 6
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = sector.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    # (r, g, b) per sector 0..5
-    table = torch.stack([
-        torch.stack([v, q, p, p, t, v]),
-        torch.stack([t, v, v, q, p, p]),
-        torch.stack([p, p, t, v, v, q]),
-    ])  # (3, 6, B, H, W)
-    idx = sector.unsqueeze(0).unsqueeze(0).expand(3, 1, *sector.shape)
-    return table.gather(1, idx)[:, 0].permute(1, 0, 2, 3)
+    """``(B, H, W)`` HSV -> ``(B, 3, H, W)`` RGB: channel ``n`` in (5, 3, 1) is
+    ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6`` (the closed form of the
+    six-sector table)."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    k = (n + 6 * h.unsqueeze(1)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
+    v, s = v.unsqueeze(1), s.unsqueeze(1)
+    return v - v * s * ramp
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:

@@ -104,17 +104,21 @@ def decode_to_batch(images: Union[RawImages, Tensor], device: torch.device) -> t
     return pad_images(_decode_all(images.items, torch.device(device)))
 
 
-def raw_collate(batch: Sequence[tuple[Tensor, Any]], decode: bool = False) -> tuple[Union[RawImages, Tensor], Tensor]:
+def raw_collate(
+    batch: Sequence[tuple[Tensor, Any]], decode_below: float = 0
+) -> tuple[Union[RawImages, Tensor], Tensor]:
     """Collate ``(uint8 image or file bytes, label)`` samples for the device pipeline.
 
-    With ``decode`` the worker decodes file bytes (libjpeg-turbo) and, when every image has one
-    size, returns one stacked ``(B, 3, H, W)`` uint8 tensor (pinned and moved like any tensor);
-    otherwise a :class:`RawImages`.
+    The worker decodes (libjpeg-turbo) every file smaller than ``decode_below`` bytes (``0``: none,
+    ``inf``: all) -- small images decode faster on CPU cores than through a GPU decoder's per-image
+    overhead.  When every image is then decoded and of one size the batch is one stacked
+    ``(B, 3, H, W)`` uint8 tensor (pinned and moved like any tensor); otherwise a :class:`RawImages`.
     """
     items = [img for img, _ in batch]
     targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
-    if decode:
-        items = _decode_all(items, torch.device("cpu"))
-        if len({tuple(t.shape) for t in items}) == 1:
-            return torch.stack(items), targets
+    items = [
+        _decode_cpu(t, i) if t.dim() == 1 and t.numel() < decode_below else t for i, t in enumerate(items)
+    ]
+    if all(t.dim() == 3 for t in items) and len({tuple(t.shape) for t in items}) == 1:
+        return torch.stack(items), targets
     return RawImages(items), targets
