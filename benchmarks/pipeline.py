@@ -70,12 +70,11 @@ def photo_npz(source: Path, side: int, n: int, out_dir: Path) -> Path:
 
 
 def measure(data: Path, recipe: str, view_kwargs: dict, batch_size: int, workers: int, gpu_views: bool,
-            device: torch.device, images: int, warmup: int) -> dict:
+            device: torch.device, images: int, warmup: int, decode: str) -> dict:
     """Images/s through loader + view construction for one configuration."""
     dm = MultiViewDataModule(
         dataset="npz", data_dir=str(data), views=recipe, view_kwargs=view_kwargs, batch_size=batch_size,
-        num_workers=workers, gpu_views=gpu_views, decode="device" if device.type == "cuda" else "workers",
-        persistent_workers=False,
+        num_workers=workers, gpu_views=gpu_views, decode=decode, persistent_workers=False,
     )
     dm.setup()
     steps = max(1, images // batch_size)
@@ -125,10 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
             if side > 32 and photos is None:
                 photos = photo_npz(data, args.photo_size, n_images + batch_size * (preset["warmup"] + 1), Path(tmp))
             source = photos if side > 32 else data
-            row = {"case": case, "recipe": recipe, "batch_size": batch_size, "workers": args.workers}
+            # what decode: auto does in training: large JPEGs on the GPU, small ones in the workers
+            decode = "device" if device.type == "cuda" and side > 32 else "workers"
+            row = {"case": case, "recipe": recipe, "batch_size": batch_size, "workers": args.workers,
+                   "decode": decode}
             for path_name, gpu_views in (("cpu_path", False), ("device_path", True)):
                 row[path_name] = measure(source, recipe, view_kwargs, batch_size, args.workers, gpu_views, device,
-                                         n_images, preset["warmup"])
+                                         n_images, preset["warmup"], decode)
                 print(case, path_name, f"{row[path_name]['images_per_s']:.0f} images/s", flush=True)
             row["speedup"] = row["device_path"]["images_per_s"] / row["cpu_path"]["images_per_s"]
             rows.append(row)
@@ -153,12 +155,13 @@ def write(result: dict, out: Path) -> None:
         f"`{result['command']}` ({result['date']}, torch {result['torch']}); images/s through the loader and "
         "the view construction, 224 px cases from re-encoded "
         f"{result['photo_size']} px JPEGs.", "",
-        "| case | views | batch | workers | CPU path | device path | speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | views | batch | workers | decode (device path) | CPU path | device path | speed-up |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['case']} | {r['device_path']['num_views']} | {r['batch_size']} | {r['workers']} | "
+            f"{r.get('decode', 'workers')} | "
             f"{r['cpu_path']['images_per_s']:,.0f} | {r['device_path']['images_per_s']:,.0f} | {r['speedup']:.2f}x |"
         )
     if result.get("note"):
