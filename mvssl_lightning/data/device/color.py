@@ -43,6 +43,7 @@ __all__ = [
     "DeviceNormalize",
     "DeviceSolarize",
     "adjust_hue",
+    "blend",
     "gaussian_blur",
     "grayscale",
 ]
@@ -61,7 +62,8 @@ def grayscale(x: Tensor) -> Tensor:
     return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
 
 
-def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+def blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """``factor x + (1 - factor) other`` per sample (``factor (B,)``), clamped to ``[0, 1]``."""
     f = _per_sample(factor, x)
     return (f * x + (1 - f) * other).clamp_(0, 1)
 
@@ -71,11 +73,11 @@ def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    return _blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+    return blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    return _blend(x, grayscale(x), factor)
+    return blend(x, grayscale(x), factor)
 
 
 def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

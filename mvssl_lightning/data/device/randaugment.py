@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mvssl_lightning.data.device.color import blend, grayscale
 from mvssl_lightning.data.device.step import DeviceStep, Params
 from mvssl_lightning.data.views_infomin import MAX_LEVEL, RAND_AUGMENT_OPS, InfoMinRandAugment
 
@@ -64,7 +65,6 @@ GEOMETRIC_OPS: tuple[str, ...] = ("Rotate", "ShearX", "ShearY", "TranslateXRel",
 SIGNED_OPS: tuple[str, ...] = GEOMETRIC_OPS
 
 _CODE = {name: i for i, name in enumerate(RAND_AUGMENT_OPS)}
-_GRAY = (0.299, 0.587, 0.114)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,16 +72,9 @@ _GRAY = (0.299, 0.587, 0.114)
 # ---------------------------------------------------------------------------------------------
 
 
-def _gray(x: Tensor) -> Tensor:
-    """ITU-R 601-2 luma of ``x (n, 3, H, W)`` as ``(n, 1, H, W)`` (PIL ``convert('L')``, unrounded)."""
-    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
-
-
 def _blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
     """PIL ``Image.blend(degenerate, x, factor)`` clipped to ``[0, 1]``; ``factor (n,)`` per sample."""
-    f = factor.view(-1, 1, 1, 1).to(x.dtype)
-    return (degenerate + f * (x - degenerate)).clamp_(0.0, 1.0)
+    return blend(x, degenerate, factor)
 
 
 def _levels(x: Tensor) -> Tensor:
@@ -328,10 +321,10 @@ class DeviceRandAugment(DeviceStep, InfoMinRandAugment):
             return _solarize_add(x, r)
         factor = 1.8 * r + 0.1
         if name == "Color":
-            return _blend(_gray(x), x, factor)
+            return _blend(grayscale(x), x, factor)
         if name == "Contrast":
             # PIL: int(mean of the uint8 grayscale image + 0.5)
-            mean = torch.round(_gray(x) * 255.0).mean(dim=(1, 2, 3), keepdim=True)
+            mean = torch.round(grayscale(x) * 255.0).mean(dim=(1, 2, 3), keepdim=True)
             return _blend(torch.floor(mean + 0.5) / 255.0, x, factor)
         if name == "Brightness":
             return _blend(torch.zeros_like(x), x, factor)
