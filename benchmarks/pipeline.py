@@ -110,8 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--photo-size", type=int, default=320, help="side of the re-encoded 'photo' JPEGs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="a remark written under the table (machine load...)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the main process (default: torch's choice)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = args.data or embedded_default_path()
     n_images = args.images or preset["images"]
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
         "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
         "command": "python benchmarks/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"), "note": args.note, "rows": rows,
+        "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "note": args.note, "rows": rows,
     }
     write(result, args.out)
     return result
