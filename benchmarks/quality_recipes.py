@@ -1,0 +1,149 @@
+"""The per-method recipes of the learning-quality benchmark: the shipped ``configs/<method>_cifar10.yaml``.
+
+Each method is built from the ``model`` and ``data`` sections of its CIFAR-10 config, parsed and
+instantiated by jsonargparse with the same types ``mvssl fit`` uses (``SiameseModule`` subclasses,
+``MultiViewDataModule``), so the benchmark measures what users run. Only the budget and the data
+change (:func:`adapt_config`):
+
+* ``data``: ``dataset`` / ``data_dir`` / ``batch_size`` / ``num_workers`` / ``train_subset`` /
+  ``test_subset`` from the command line;
+* resolution: at 32 px the recipe is unchanged; at another image side ``S`` the crops follow the data
+  (``size = S``; MVEB-style multi-crop: globals ``S``, locals ``S // 2``), ResNets use the CIFAR stem
+  up to 64 px and the standard stem above; AMDIM, whose encoder takes 32 px or 128 px inputs, gets its
+  ImageNet view pair resized to 32 px (``S <= 64``) or 128 px with the matching centre-crop eval view;
+* evaluation: a recipe given as an import path (InfoMin) is evaluated with ToTensor + its training
+  normalisation at the native size (what the data module does for CIFAR-sized datasets), for every
+  dataset;
+* warm-up: capped at 10 % of the run so that a short run is not all warm-up (at 200 epochs no shipped
+  config is affected).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import yaml
+from jsonargparse import ArgumentParser
+
+from mvssl_lightning.data import MultiViewDataModule
+from mvssl_lightning.data.views import IMAGENET_NORMALIZE, VIEW_RECIPES, eval_view_cifar
+from mvssl_lightning.methods.base import SiameseModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+#: benchmark name -> config file
+METHOD_CONFIGS: dict[str, str] = {
+    "mveb": "mveb_cifar10.yaml",
+    "mec": "mec_cifar10.yaml",
+    "infomin": "infomin_cifar10.yaml",
+    "amdim": "amdim_cifar10.yaml",
+    "er_simclr": "er_simclr_cifar10.yaml",
+    "er_byol": "er_byol_cifar10.yaml",
+    "er_dino": "er_dino_cifar10.yaml",
+    "er_swav": "er_swav_cifar10.yaml",
+}
+
+#: largest image side trained with the ResNet CIFAR stem (3x3 stride-1 conv, no max-pool)
+CIFAR_STEM_MAX_SIDE = 64
+#: largest fraction of the run spent in the learning-rate warm-up
+MAX_WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every model of one benchmark run shares."""
+
+    dataset: str  # "default" (embedded) or "npz"
+    data_dir: Optional[str]
+    image_size: int
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    num_workers: int = 0
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+
+
+def load_config(name: str) -> dict[str, Any]:
+    """The ``model`` and ``data`` sections of ``configs/<METHOD_CONFIGS[name]>``."""
+    if name not in METHOD_CONFIGS:
+        raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHOD_CONFIGS)}")
+    cfg = yaml.safe_load((CONFIGS / METHOD_CONFIGS[name]).read_text())
+    return {"model": cfg["model"], "data": cfg["data"]}
+
+
+def _resize_views(data: dict[str, Any], model_args: dict[str, Any], side: int) -> None:
+    """Make the view recipe's crops follow an image side other than 32 px (in place)."""
+    views = data["views"]
+    kwargs = data.setdefault("view_kwargs", {}) or {}
+    data["view_kwargs"] = kwargs
+    if views == "amdim_cifar":  # the encoder takes 32 px or 128 px inputs only
+        size = 32 if side <= CIFAR_STEM_MAX_SIDE else 128
+        data["views"], data["view_kwargs"] = "amdim", {"size": size}
+        data["eval_transform"] = {
+            "class_path": "mvssl_lightning.data.views_amdim.AMDIMEvalView",
+            "init_args": {"size": size, "resize": round(size * 146 / 128)},
+        }
+        model_args["cifar_stem"] = size == 32
+        return
+    if views.startswith("mveb_multicrop"):
+        kwargs.update(global_size=side, local_size=side // 2)
+    else:
+        kwargs["size"] = side
+    model_args["cifar_stem"] = side <= CIFAR_STEM_MAX_SIDE
+
+
+def adapt_config(config: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """A copy of ``config`` (``model`` + ``data``) with the budget's data, resolution and warm-up cap."""
+    cfg = copy.deepcopy(config)
+    data, model_args = cfg["data"], cfg["model"].setdefault("init_args", {})
+    data.update(
+        dataset=budget.dataset, data_dir=budget.data_dir, batch_size=budget.batch_size,
+        num_workers=budget.num_workers, train_subset=budget.train_subset, test_subset=budget.test_subset,
+        download=False,
+    )
+    if budget.image_size != 32:
+        _resize_views(data, model_args, budget.image_size)
+    max_warmup = MAX_WARMUP_FRACTION * budget.epochs
+    if "warmup_steps" in model_args and model_args["warmup_steps"] is not None:
+        model_args["warmup_steps"] = min(int(model_args["warmup_steps"]), int(max_warmup * budget.steps_per_epoch))
+    elif float(model_args.get("warmup_epochs", 10.0)) > max_warmup:  # 10.0: SiameseModule's default
+        model_args["warmup_epochs"] = max_warmup
+    return cfg
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(SiameseModule, "model")
+    parser.add_class_arguments(MultiViewDataModule, "data")
+    return parser
+
+
+def build_method(name: str, budget: Budget, seed: int = 0) -> tuple[SiameseModule, MultiViewDataModule, dict]:
+    """``(model, datamodule, recipe description)`` of method ``name`` under ``budget``."""
+    cfg = adapt_config(load_config(name), budget)
+    parser = _parser()
+    L.seed_everything(seed, verbose=False)
+    init = parser.instantiate(parser.parse_object(cfg))
+    model, datamodule = init.model, init.data
+    views = cfg["data"]["views"]
+    if isinstance(views, str) and views not in VIEW_RECIPES and cfg["data"].get("eval_transform") is None:
+        normalize = (cfg["data"].get("view_kwargs") or {}).get("normalize", IMAGENET_NORMALIZE)
+        datamodule.eval_transform = eval_view_cifar(normalize=normalize)
+    args = cfg["model"]["init_args"]
+    info = {
+        "config": f"configs/{METHOD_CONFIGS[name]}",
+        "model_class": type(model).__name__,
+        "views": views.rsplit(".", 1)[-1] if isinstance(views, str) else type(views).__name__,
+        "num_views": datamodule.num_views,
+        "backbone": args.get("backbone"),
+        "cifar_stem": bool(args.get("cifar_stem", False)),
+        "optimizer": args.get("optimizer"),
+        "base_lr": args.get("lr"),
+        "lr_scaling": args.get("lr_scaling", "linear"),
+    }
+    return model, datamodule, info
