@@ -214,3 +214,23 @@ def test_training_runs_with_gpu_views_on_the_cpu(tmp_path):
     assert cli.datamodule.device_views is not None
     assert cli.trainer.global_step == 2
     assert cli.trainer.callback_metrics["train/loss"].isfinite()
+
+
+def test_resumed_ranks_draw_different_views():
+    # only rank 0's generator state is checkpointed: after resume, rank 0 continues it and the
+    # other ranks must not copy it (they would draw the same parameters as rank 0)
+    saved = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
+    saved.setup()
+    saved.view_generator()
+    state = saved.state_dict()
+    expected = torch.rand(4, generator=saved.view_generator())
+
+    def resumed(rank):
+        dm = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
+        dm._rank = lambda: rank
+        dm.load_state_dict(state)
+        return torch.rand(4, generator=dm.view_generator())
+
+    assert torch.equal(resumed(0), expected)
+    assert not torch.equal(resumed(1), expected) and not torch.equal(resumed(1), resumed(2))
+    assert torch.equal(resumed(1), resumed(1))  # still reproducible

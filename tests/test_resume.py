@@ -157,3 +157,23 @@ def test_load_from_checkpoint_gives_identical_outputs(first_run):
     with torch.no_grad():
         assert torch.equal(loaded(x), trained(x))
         assert torch.equal(loaded.projector(loaded(x)), trained.projector(trained(x)))
+
+
+def test_gpu_views_generator_is_checkpointed_and_restored(tmp_path):
+    # the device views' random stream is part of the checkpoint (loads with weights_only) and the
+    # resumed run continues from it
+    def dm():
+        return MultiViewDataModule(dataset="default", views="two_views_cifar", batch_size=16, train_subset=64,
+                                   test_subset=32, num_workers=0, gpu_views=True)
+
+    first = dm()
+    t = trainer(tmp_path, 2, [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    t.fit(tiny_mveb(), datamodule=first)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
+    saved = ckpt["MultiViewDataModule"]["view_generator"]
+    assert torch.equal(saved, first.view_generator().get_state())
+
+    resumed = dm()
+    t = trainer(tmp_path, 2, [])  # already at max_steps: restores, trains nothing
+    t.fit(tiny_mveb(), datamodule=resumed, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(resumed.view_generator().get_state(), saved)

@@ -13,6 +13,7 @@ Batches (``design.md``, "Data contract"):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -304,16 +305,25 @@ class MultiViewDataModule(L.LightningDataModule):
         """The CPU generator of the device views' random parameters.
 
         Seeded on first use from ``torch.initial_seed()`` (set by ``seed_everything``) plus the
-        process rank, so runs are reproducible and processes draw different views; its state is
-        saved in checkpoints (``state_dict``).
+        process rank, so runs are reproducible and processes draw different views.  Its state is
+        saved in checkpoints (``state_dict``, written by rank 0); on resume rank 0 continues that
+        stream and every other rank reseeds from it and its rank, so the processes stay distinct.
         """
         if self._view_generator is None:
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._view_generator = torch.Generator().manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
-            if self._pending_generator_state is not None:
-                self._view_generator.set_state(self._pending_generator_state)
+            rank = self._rank()
+            generator = torch.Generator().manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
+            state = self._pending_generator_state
+            if state is not None:
+                generator.set_state(state)
+                if rank != 0:
+                    digest = hashlib.sha256(state.numpy().tobytes() + rank.to_bytes(4, "little")).digest()
+                    generator.manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
                 self._pending_generator_state = None
+            self._view_generator = generator
         return self._view_generator
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def make_views(self, images: Union[RawImages, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
         """Decode (when needed) and augment a raw training batch on ``device``."""
@@ -339,11 +349,9 @@ class MultiViewDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("view_generator")
-        if state is not None:
-            if self._view_generator is not None:
-                self._view_generator.set_state(state)
-            else:
-                self._pending_generator_state = state
+        if state is not None:  # applied when the generator is next needed (the rank is known then)
+            self._view_generator = None
+            self._pending_generator_state = state
 
     def test_dataloader(self) -> DataLoader:
         """The test set with the eval transform, yielding ``(images, targets)``."""
