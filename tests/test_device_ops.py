@@ -95,6 +95,22 @@ def test_resized_crops_equal_torchvision_resized_crop():
     torch.testing.assert_close(same[0], u8[1, :, 3:19, 4:20].float() / 255)
 
 
+def test_bicubic_enlarged_crops_match_pillow():
+    u8 = (smooth_images(2, size=40) * 255).round().to(torch.uint8)
+    u8[1] = torch.randint(0, 256, (3, 40, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    boxes = torch.tensor([[0, 0, 16, 16], [5, 7, 9, 13], [30, 25, 10, 15], [2, 3, 16, 4]])
+    index = torch.tensor([0, 1, 0, 1])
+    out = resized_crops(u8, boxes, index, 16, bicubic=True)
+    for k, (top, left, h, w) in enumerate(boxes.tolist()):
+        pil = TF.to_pil_image(u8[index[k]])
+        ref = TF.pil_to_tensor(TF.resized_crop(pil, top, left, h, w, [16, 16], T.InterpolationMode.BICUBIC))
+        diff = (out[k] * 255 - ref.float()).abs()
+        assert diff.max() <= 1.01, (k, diff.max())  # Pillow rounds to uint8
+    # a crop that shrinks keeps the area-averaged resample
+    shrink = resized_crops(u8, torch.tensor([[0, 0, 40, 40]]), torch.tensor([0]), 16, bicubic=True)
+    torch.testing.assert_close(shrink, resized_crops(u8, torch.tensor([[0, 0, 40, 40]]), torch.tensor([0]), 16))
+
+
 def test_crops_of_padded_images_equal_crops_of_the_image_alone():
     small = (smooth_images(1, size=30)[0, :, :20, :] * 255).round().to(torch.uint8)  # 20 x 30
     big = torch.zeros(3, 50, 40, dtype=torch.uint8)

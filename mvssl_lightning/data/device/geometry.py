@@ -10,8 +10,10 @@ accepted crop is the same).
 
 The crop and the resize are one ``torchvision.ops.roi_align`` call (``aligned=True``, adaptive
 sampling): each output pixel averages ``ceil(crop / size)^2`` bilinear samples of its footprint, so
-downscaling is antialiased like Pillow's resize.  Deviation: the CPU recipes resize bicubic in the
-DINO/MVEB views and bilinear elsewhere; the device path is bilinear-area for all of them.
+downscaling is antialiased like Pillow's resize.  Views whose CPU crop is bicubic (DINO / MVEB)
+enlarge small crops with Pillow's bicubic filter instead (:func:`bicubic_upsampled_crops`, 16
+gathered taps); deviation: their shrinking crops stay area-averaged bilinear (Pillow: widened
+bicubic).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "DeviceRotate90",
     "DeviceTranslateReflect",
     "crop_patches",
+    "bicubic_upsampled_crops",
     "resized_crops",
     "sample_crop_boxes",
 ]
@@ -82,18 +85,76 @@ def sample_crop_boxes(
     return torch.stack([top, left, h, w], dim=1)
 
 
-def resized_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int) -> Tensor:
+def _cubic(d: Tensor) -> Tensor:
+    """Pillow's bicubic filter (Keys, a = -0.5) at distances ``d``."""
+    d = d.abs()
+    near = (1.5 * d - 2.5) * d * d + 1
+    far = ((-0.5 * d + 2.5) * d - 4) * d + 2
+    return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
+def _upsample_taps(start: Tensor, length: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Source indices and weights ``(K, size, 4)`` of Pillow's bicubic resize of ``length -> size``
+    pixels (``length <= size``) starting at ``start``: the taps within the crop, renormalised."""
+    centre = (torch.arange(size, dtype=torch.float64) + 0.5)[None] * (length.double() / size)[:, None]
+    first = torch.floor(centre - 0.5).long()[..., None] - 1 + torch.arange(4)  # (K, size, 4)
+    weight = _cubic(first.double() + 0.5 - centre[..., None])
+    weight = torch.where((first >= 0) & (first < length[:, None, None]), weight, torch.zeros_like(weight))
+    weight = weight / weight.sum(-1, keepdim=True)
+    index = start[:, None, None] + first.clamp(min=0).minimum(length[:, None, None] - 1)
+    return index, weight.float()
+
+
+def bicubic_upsampled_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int) -> Tensor:
+    """Crops no larger than ``size`` on either side, enlarged like ``PIL.resize(BICUBIC)`` of the crop.
+
+    Pillow resizes horizontally, rounds to uint8, then vertically; both passes are reproduced here
+    (for uint8 sources) with the same taps and renormalised weights.  Returns
+    ``(K, 3, size, size)`` float32 (uint8 sources: in ``[0, 1]``).
+    """
+    top, left, h, w = boxes.cpu().long().unbind(1)
+    rows, wy = (t.to(src.device) for t in _upsample_taps(top, h, size))
+    cols, wx = (t.to(src.device) for t in _upsample_taps(left, w, size))
+    b = index.to(src.device).view(-1, 1, 1)
+    hwc = src.permute(0, 2, 3, 1)
+    is_u8 = src.dtype == torch.uint8
+    passes = []  # horizontal pass on each of the 4 tapped rows of every output row
+    for a in range(4):
+        row = torch.zeros(b.shape[0], size, size, src.shape[1], device=src.device)
+        for c in range(4):
+            row += wx[:, None, :, c, None] * hwc[b, rows[:, :, a, None], cols[:, None, :, c]].float()
+        passes.append(row.add_(0.5).floor_().clamp_(0, 255) if is_u8 else row)
+    out = sum(wy[:, :, a, None, None] * passes[a] for a in range(4))
+    if is_u8:
+        out = out.add_(0.5).floor_().clamp_(0, 255) / 255.0
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def resized_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int, bicubic: bool = False) -> Tensor:
     """Crop ``boxes`` (``[top, left, h, w]``) of images ``src[index]`` and resize them to ``size``.
 
     Args:
         src: ``(B, 3, H, W)`` uint8 or float images (smaller images padded at the bottom/right).
         boxes: ``(K, 4)`` crops in pixels; ``index``: ``(K,)`` source image of each crop.
         size: output side.
+        bicubic: enlarge crops that fit in ``size`` with Pillow's bicubic filter (the DINO/MVEB
+            views' ``InterpolationMode.BICUBIC``); crops that shrink keep the area-averaged bilinear
+            resample either way.
 
     Returns ``(K, 3, size, size)`` float32 in the source's value range (uint8 sources: ``[0, 1]``).
     Float conversion runs in chunks of images so that large sources stay within
     :data:`SOURCE_CHUNK_BYTES`.
     """
+    if bicubic:
+        boxes, index = boxes.cpu(), index.cpu()
+        up = (boxes[:, 2] <= size) & (boxes[:, 3] <= size)
+        if bool(up.all()):
+            return bicubic_upsampled_crops(src, boxes, index, size)
+        out = resized_crops(src, boxes, index, size)
+        if bool(up.any()):
+            sel = up.nonzero()[:, 0]
+            out[sel.to(src.device)] = bicubic_upsampled_crops(src, boxes[sel], index[sel], size)
+        return out
     boxes, index = boxes.cpu().float(), index.cpu()
     out = src.new_empty((boxes.shape[0], src.shape[1], size, size), dtype=torch.float32)
     per_image = src[0].numel() * 4
@@ -123,8 +184,9 @@ class DeviceResizedCrop:
     """
 
     def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), bicubic: bool = False) -> None:
         self.size = int(size)
+        self.bicubic = bool(bicubic)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
 
@@ -133,7 +195,8 @@ class DeviceResizedCrop:
         return sample_crop_boxes(sizes[:, 0], sizes[:, 1], self.scale, self.ratio, generator)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"bicubic={self.bicubic})")
 
 
 def _where_sample(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -122,7 +122,8 @@ def compile_view(transform: Callable) -> DeviceView:
         if isinstance(t, (T.RandomResizedCrop, T2.RandomResizedCrop)):
             if i != 0:
                 raise _unsupported(t, "a random resized crop must be the first step")
-            crop = DeviceResizedCrop(_size(t), t.scale, t.ratio)
+            bicubic = t.interpolation in (T.InterpolationMode.BICUBIC, "bicubic")
+            crop = DeviceResizedCrop(_size(t), t.scale, t.ratio, bicubic=bicubic)
         elif isinstance(t, (T.RandomHorizontalFlip, T.RandomVerticalFlip, T2.RandomHorizontalFlip, T2.RandomVerticalFlip)):
             if t.p > 0:
                 steps.append(DeviceFlip(t.p, dim=-1 if isinstance(t, (T.RandomHorizontalFlip, T2.RandomHorizontalFlip)) else -2))
@@ -187,7 +188,7 @@ class DeviceViews:
         index = torch.arange(b).repeat(k)
         if view.crop is not None:
             boxes = torch.cat([view.crop.sample(sizes, gen) for _ in range(k)])
-            return resized_crops(src, boxes, index, view.crop.size)
+            return resized_crops(src, boxes, index, view.crop.size, bicubic=view.crop.bicubic)
         if not bool((sizes == torch.tensor(src.shape[-2:])).all()):
             raise ValueError(
                 "this view recipe has no random resized crop, so every image of a batch must have the "
