@@ -275,8 +275,9 @@ def test_module_trains_with_probe_knn_and_step_schedule(tmp_path, one_thread):
     trainer.fit(model, datamodule=dm)
     assert len(rec.losses) == 6 and all(math.isfinite(v) for v in rec.losses)
     assert len(set(rec.losses)) > 1
-    # warm-up (t + 1) / 2, then x 0.2 after epoch 1 and again after epoch 2 (2 steps per epoch)
-    assert rec.lrs == pytest.approx([1e-3 * f for f in (0.5, 1, 0.2, 0.2, 0.04, 0.04)])
+    # the official loop (2 steps per epoch): warm-up (t + 1) / 2; MultiStepLR([1, 2]).step(e) at the end
+    # of epoch e sets the lr of epoch e + 1 to 0.2 ** #{m <= e}: x 1 for epoch 1, x 0.2 for epoch 2
+    assert rec.lrs == pytest.approx([1e-3 * f for f in (0.5, 1, 1, 1, 0.2, 0.2)])
     metrics = trainer.callback_metrics
     for name in ("train/loss", "train/nce_1t5", "train/nce_1t7", "train/nce_5t5", "train/reg",
                  "probe/val_top1", "knn/top1"):

@@ -17,9 +17,9 @@ detached ``r1``; here :class:`OnlineLinearProbe` plays their part).
 Schedule (``task_self_supervised.py``): the learning rate warms up linearly over the first 500
 updates, factor ``min(1, (t + 1) / 500)`` at update ``t`` (0-indexed), then a step decay by
 ``lr_gamma = 0.2`` at epochs ``lr_milestones``: ``[30, 45]`` of 50 on ImageNet, ``[250, 280]`` of 300
-on CIFAR/STL.  The official loop calls ``MultiStepLR.step(epoch)`` at the *end* of epoch ``epoch``,
-so its decay takes effect one epoch after the milestone; we decay from the first step of epoch
-``m`` (after ``m`` full epochs, the usual MultiStepLR meaning).  No lr scaling with the batch size
+on CIFAR/STL.  As in the official loop, which calls ``MultiStepLR.step(epoch)`` (closed form) at
+the *end* of 0-indexed epoch ``epoch``, a milestone ``m`` decays the lr from the first step of epoch
+``m + 1`` (after ``m + 1`` full epochs; one epoch later than the usual MultiStepLR meaning).  No lr scaling with the batch size
 and no weight-decay exclusions (the official Adam decays every parameter).
 """
 
@@ -62,8 +62,8 @@ class AMDIM(SiameseModule):
         reg_weight: weight of the squared-score penalty (0.05).
         gather_distributed: under DDP, contrast each anchor with the images of all processes
             (default True: the official single-process DataParallel code uses the whole batch).
-        lr_milestones: epochs at which the lr is multiplied by ``lr_gamma`` ([30, 45] ImageNet,
-            [250, 280] CIFAR).
+        lr_milestones: the official ``MultiStepLR`` milestones ([30, 45] ImageNet, [250, 280] CIFAR);
+            milestone ``m`` multiplies the lr by ``lr_gamma`` from epoch ``m + 1`` on (0-indexed).
         lr_gamma: step-decay factor (0.2).
         warmup_steps: linear warm-up length in optimiser steps (500).
         **kwargs: backbone and optimisation settings of :class:`SiameseModule` (``warmup_epochs``,
@@ -134,7 +134,7 @@ class AMDIM(SiameseModule):
         schedule = partial(
             amdim_lr_factor,
             warmup_steps=self._warmup_steps(total),
-            milestone_steps=[m * per_epoch for m in self.lr_milestones],
+            milestone_steps=[(m + 1) * per_epoch for m in self.lr_milestones],  # official: step(epoch) at its end
             gamma=self.lr_gamma,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
