@@ -103,7 +103,8 @@ def measure(data: Path, recipe: str, view_kwargs: dict, batch_size: int, workers
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu-small")
+    default_preset = "gpu" if torch.cuda.is_available() else "cpu-small"
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
     parser.add_argument("--data", type=Path, default=SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--images", type=int, default=None, help="images timed per configuration")

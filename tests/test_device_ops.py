@@ -79,7 +79,8 @@ def test_crop_boxes_fall_back_to_the_central_crop_like_torchvision():
     g = torch.Generator().manual_seed(0)
     boxes = sample_crop_boxes(torch.tensor([4]), torch.tensor([400]), (0.9, 1.0), (3 / 4, 4 / 3), g)
     torch.manual_seed(0)
-    assert tuple(boxes[0].tolist()) == T.RandomResizedCrop.get_params(torch.zeros(1, 4, 400), [0.9, 1.0], [3 / 4, 4 / 3])
+    reference = T.RandomResizedCrop.get_params(torch.zeros(1, 4, 400), [0.9, 1.0], [3 / 4, 4 / 3])
+    assert tuple(boxes[0].tolist()) == reference
 
 
 def test_resized_crops_equal_torchvision_resized_crop():

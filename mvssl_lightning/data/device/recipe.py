@@ -46,6 +46,18 @@ from mvssl_lightning.data.device.step import DeviceStep
 __all__ = ["DeviceView", "DeviceViews", "UnsupportedOnDevice", "compile_view", "compile_views"]
 
 
+# torchvision's v1 and v2 classes of each supported transform (lightly uses both)
+_HFLIP = (T.RandomHorizontalFlip, T2.RandomHorizontalFlip)
+_VFLIP = (T.RandomVerticalFlip, T2.RandomVerticalFlip)
+_RANDOM_APPLY = (T.RandomApply, T2.RandomApply)
+_COLOR_JITTER = (T.ColorJitter, T2.ColorJitter)
+_GAUSSIAN_BLUR = (T.GaussianBlur, T2.GaussianBlur)
+_RESIZED_CROP = (T.RandomResizedCrop, T2.RandomResizedCrop)
+_GRAYSCALE = (T.RandomGrayscale, T2.RandomGrayscale)
+_NORMALIZE = (T.Normalize, T2.Normalize)
+_COMPOSE = (T.Compose, T2.Compose)
+
+
 class UnsupportedOnDevice(ValueError):
     """A view transform has no batched device counterpart."""
 
@@ -84,9 +96,9 @@ def _random_apply(t: Any) -> DeviceStep:
     if len(t.transforms) != 1:
         raise _unsupported(t, "RandomApply of several transforms")
     inner, p = t.transforms[0], float(t.p)
-    if isinstance(inner, (T.ColorJitter, T2.ColorJitter)):
+    if isinstance(inner, _COLOR_JITTER):
         return DeviceColorJitter(inner.brightness, inner.contrast, inner.saturation, inner.hue, p)
-    if isinstance(inner, (T.GaussianBlur, T2.GaussianBlur)):
+    if isinstance(inner, _GAUSSIAN_BLUR):
         return DeviceGaussianBlur(p, inner.sigma, kernel_size=int(inner.kernel_size[0]))
     if isinstance(inner, RandomTranslateWithReflect):
         return DeviceTranslateReflect(inner.max_translation, p)
@@ -98,7 +110,7 @@ def _flatten(transform: Any) -> list[Any]:
 
     lightly's view transforms (and ``RandomRotateDegrees``) keep their pipeline in ``.transform``.
     """
-    if isinstance(transform, (T.Compose, T2.Compose)):
+    if isinstance(transform, _COMPOSE):
         return [leaf for t in transform.transforms for leaf in _flatten(t)]
     inner = getattr(transform, "transform", None)
     if inner is not None and not inspect.ismethod(inner):
@@ -119,25 +131,25 @@ def compile_view(transform: Callable) -> DeviceView:
     crop: Optional[DeviceResizedCrop] = None
     steps: list[DeviceStep] = []
     for i, t in enumerate(leaves):
-        if isinstance(t, (T.RandomResizedCrop, T2.RandomResizedCrop)):
+        if isinstance(t, _RESIZED_CROP):
             if i != 0:
                 raise _unsupported(t, "a random resized crop must be the first step")
             bicubic = t.interpolation in (T.InterpolationMode.BICUBIC, "bicubic")
             crop = DeviceResizedCrop(_size(t), t.scale, t.ratio, bicubic=bicubic)
-        elif isinstance(t, (T.RandomHorizontalFlip, T.RandomVerticalFlip, T2.RandomHorizontalFlip, T2.RandomVerticalFlip)):
+        elif isinstance(t, _HFLIP + _VFLIP):
             if t.p > 0:
-                steps.append(DeviceFlip(t.p, dim=-1 if isinstance(t, (T.RandomHorizontalFlip, T2.RandomHorizontalFlip)) else -2))
+                steps.append(DeviceFlip(t.p, dim=-1 if isinstance(t, _HFLIP) else -2))
         elif isinstance(t, RandomRotate):
             if t.prob > 0:
                 if t.angle % 360 != 90:
                     raise _unsupported(t, "only 90-degree rotations")
                 steps.append(DeviceRotate90(t.prob))
-        elif isinstance(t, (T.RandomApply, T2.RandomApply)):
+        elif isinstance(t, _RANDOM_APPLY):
             if t.p > 0:
                 steps.append(_random_apply(t))
-        elif isinstance(t, (T.ColorJitter, T2.ColorJitter)):
+        elif isinstance(t, _COLOR_JITTER):
             steps.append(DeviceColorJitter(t.brightness, t.contrast, t.saturation, t.hue, 1.0))
-        elif isinstance(t, (T.RandomGrayscale, T2.RandomGrayscale)):
+        elif isinstance(t, _GRAYSCALE):
             if t.p > 0:
                 steps.append(DeviceGrayscale(t.p))
         elif isinstance(t, LightlyBlur):
@@ -148,7 +160,7 @@ def compile_view(transform: Callable) -> DeviceView:
                 steps.append(DeviceSolarize(t.prob, t.threshold))
         elif isinstance(t, InfoMinRandAugment):
             steps.append(DeviceRandAugment.from_cpu(t))
-        elif isinstance(t, (T.Normalize, T2.Normalize)):
+        elif isinstance(t, _NORMALIZE):
             steps.append(DeviceNormalize(t.mean, t.std))
         elif isinstance(t, T.ToTensor) or type(t).__name__ in ("ToTensor", "ToImage", "ToDtype"):
             continue
@@ -232,7 +244,7 @@ def compile_views(recipe: Callable) -> DeviceViews:
     from mvssl_lightning.data.views_infomin import InfoMinViews
 
     transforms = getattr(recipe, "transforms", None)
-    if not isinstance(transforms, (list, tuple)) or isinstance(recipe, T.Compose):
+    if not isinstance(transforms, (list, tuple)) or isinstance(recipe, _COMPOSE):
         raise UnsupportedOnDevice(
             f"{type(recipe).__name__} is not a multi-view recipe (a lightly MultiViewTransform or one of "
             "mvssl_lightning.data.views.VIEW_RECIPES)"
