@@ -1,8 +1,8 @@
 """View-pipeline throughput: the CPU path (workers decode + PIL recipe) against the device path
 (``gpu_views``: workers read bytes, batched decode + augmentation on the accelerator).
 
-    python benchmarks/pipeline.py                        # on a GPU machine: 224 px and 32 px, all workers
-    python benchmarks/pipeline.py --preset cpu-small     # a small CPU configuration
+    python -m benchmarks.pipeline                        # on a GPU machine: 224 px and 32 px, all workers
+    python -m benchmarks.pipeline --preset cpu-small     # a small CPU configuration
 
 Data: JPEG bytes in the npz layout.  ``--data`` (default: ``../shared/data/cifar10.npz`` when present,
 else the embedded subset) gives the 32 px images; the 224 px case re-encodes them as
@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mvssl_lightning.data import MultiViewDataModule, embedded_default_path  # noqa: E402
+from mvssl_lightning.data import MultiViewDataModule, embedded_default_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
@@ -102,7 +101,8 @@ def measure(data: Path, recipe: str, view_kwargs: dict, batch_size: int, workers
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     default_preset = "gpu" if torch.cuda.is_available() else "cpu-small"
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
     parser.add_argument("--data", type=Path, default=SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
         "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
-        "command": "python benchmarks/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "note": args.note, "rows": rows,
     }
     write(result, args.out)

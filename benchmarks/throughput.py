@@ -1,14 +1,15 @@
 """Training-step throughput of every method against the backbone bound and lightly-built peers.
 
-    python benchmarks/throughput.py                       # GPU: R50/224/256 and R18-CIFAR/32/512, eager + compiled
-    python benchmarks/throughput.py --preset cpu-small    # a CPU smoke configuration
+    python -m benchmarks.throughput                       # GPU: R50/224/256 and R18-CIFAR/32/512, eager + compiled
+    python -m benchmarks.throughput --preset cpu-small    # a CPU smoke configuration
 
 Every candidate is a LightningModule trained by the same ``lightning.Trainer`` on the same synthetic,
 device-resident 2-view batches (so the data pipeline is out of the picture), with SGD for everyone.
-After ``--warmup`` steps, ``--steps`` steps are timed (synchronised) and the peak memory recorded.
-Ratios are taken within one run: each method against the bare backbone (forward + backward + optimiser
-step on the same views) and against its closest lightly-built peer (BYOL for teacher methods, SimCLR
-otherwise).  Writes ``benchmarks/results/throughput-<device>.json`` and ``.md``.
+After ``--warmup`` steps, ``--steps`` steps are timed (synchronised; ``benchmarks.timing``) and the peak
+memory recorded. Ratios are taken within one run: each method against the bare backbone (forward +
+backward + optimiser step on the same views) and against its closest lightly-built peer
+(``benchmarks.lightly_models``: BYOL for teacher methods, SimCLR otherwise).  Writes
+``benchmarks/results/throughput-<device>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.lightly_peers import PEERS  # noqa: E402
-import mvssl_lightning.methods as methods  # noqa: E402
+import mvssl_lightning.methods as methods
+from benchmarks.lightly_models import BareBackbone, LightlyBYOL, LightlySimCLR
+from benchmarks.timing import TrainingTimer, peak_memory_gib
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,35 +38,21 @@ METHODS = {
     "er_simclr": (lambda **kw: methods.ERSimCLR(**_SGD, **kw), "lightly_simclr", False),
     "er_byol": (lambda **kw: methods.ERBYOL(**_SGD, **kw), "lightly_byol", True),
 }
+# the peers: SGD lr 0.1 (momentum 0.9, weight decay 1e-6, no schedule) as the methods above; SimCLR with
+# lightly's default head (hidden = feature dimension), BYOL with lightly's example head 4096-256 and an
+# EMA of 0.99 -> 1 on a cosine
+_PEER_SGD = dict(lr=0.1, lr_reference_batch=None, weight_decay=1e-6, cosine=False)
+PEERS = {
+    "bare_backbone": lambda **kw: BareBackbone(**_PEER_SGD, **kw),
+    "lightly_simclr": lambda **kw: LightlySimCLR(**_PEER_SGD, **kw),
+    "lightly_byol": lambda **kw: LightlyBYOL(proj_hidden_dim=4096, pred_hidden_dim=4096, final_ema_momentum=1.0,
+                                             **_PEER_SGD, **kw),
+}
 # AMDIM runs its own encoder at 128 px, so it has no ResNet bound to compare with here.
 PRESETS = {
     "gpu": [("resnet50", False, 224, 256), ("resnet18", True, 32, 512)],
     "cpu-small": [("resnet18", False, 32, 32)],
 }
-
-
-class _Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start = self.end = 0.0
-        self.timed_steps = 0
-
-    def _sync(self, module: L.LightningModule) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self._sync(pl_module)
-            if pl_module.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(pl_module.device)
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self._sync(pl_module)
-            self.end = time.perf_counter()
-            self.timed_steps = batch_idx - self.warmup + 1
 
 
 class _SameBatch(torch.utils.data.IterableDataset):
@@ -79,7 +65,7 @@ class _SameBatch(torch.utils.data.IterableDataset):
 
 
 def measure(module: L.LightningModule, batch, device: str, precision: str, warmup: int, steps: int) -> dict:
-    timer = _Timer(warmup)
+    timer = TrainingTimer(warmup_steps=warmup)
     loader = torch.utils.data.DataLoader(_SameBatch(batch, warmup + steps), batch_size=None)
     trainer = L.Trainer(
         accelerator=device, devices=1, precision=precision, max_steps=warmup + steps, logger=False,
@@ -87,10 +73,9 @@ def measure(module: L.LightningModule, batch, device: str, precision: str, warmu
         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
     )
     trainer.fit(module, loader)
-    images = batch[0][0].shape[0] * timer.timed_steps
-    result = {"images_per_s": images / (timer.end - timer.start), "steps": timer.timed_steps}
+    result = {"images_per_s": timer.images_per_s, "steps": timer.timed_steps}
     if device == "cuda":
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_memory_gib"] = peak_memory_gib(torch.device(device))[0]
     return result
 
 
@@ -126,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
                                has_teacher=METHODS[name][2])
                 rows.append(row)
     return {"device": device_name, "precision": precision, "torch": torch.__version__,
-            "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]), "rows": rows}
+            "command": " ".join(["python", "-m", "benchmarks.throughput", *sys.argv[1:]]), "rows": rows}
 
 
 def markdown(results: dict) -> str:
@@ -142,8 +127,10 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu-small")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_preset = "gpu" if torch.cuda.is_available() else "cpu-small"
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--compile", choices=["eager", "compiled", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=None)

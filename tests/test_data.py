@@ -107,7 +107,8 @@ def test_recipe_kwargs_change_sizes():
 
 
 def test_mveb_multicrop_probabilities_follow_the_paper_recipe():
-    """methods.md §1: blur 1.0 / 0.1 / 0.5, solarize 0.2 on global 2 only, jitter (0.4,0.4,0.2,0.1) p 0.8."""
+    """MVEB (wlj6816/MVEB, project/dataloader.py): blur 1.0 / 0.1 / 0.5, solarize 0.2 on global 2 only,
+    jitter (0.4,0.4,0.2,0.1) p 0.8."""
     recipe = mveb_multicrop()
     assert [find(t, "GaussianBlur")[0].prob for t in recipe.transforms] == [1.0, 0.1] + [0.5] * 6
     assert [find(t, "RandomSolarization")[0].prob for t in recipe.transforms] == [0.0, 0.2] + [0.0] * 6
@@ -135,7 +136,7 @@ def test_mveb_multicrop_solarizes_only_global_2():
 
 
 def test_asymmetric_views_follow_mec_recipe():
-    """methods.md §5: blur 1.0 / 0.1, solarize 0 / 0.2, crop scale (0.2, 1)."""
+    """MEC (xinliu20/MEC, main_pretrain.py): blur 1.0 / 0.1, solarize 0 / 0.2, crop scale (0.2, 1)."""
     recipe = get_view_recipe("asymmetric")
     assert [find(t, "GaussianBlur")[0].prob for t in recipe.transforms] == [1.0, 0.1]
     assert [find(t, "RandomSolarization")[0].prob for t in recipe.transforms] == [0.0, 0.2]

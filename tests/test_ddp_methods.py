@@ -52,10 +52,10 @@ from unittest import mock
 
 import pytest
 import torch
+from gloo import run_in_processes
 from torch import nn
 
-from gloo import run_in_processes
-from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, ERSimCLR, ERSwAV, MEC, MVEB, InfoMin
+from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin
 
 WORLD = 2
 B = 4  # per-process batch

@@ -1,6 +1,6 @@
 """DeviceRandAugment against independent references: PIL per op, per-sample batching, parameter laws.
 
-References: :func:`mvssl_lightning.data.views_infomin.rand_augment_op` on PIL images (the CPU recipe),
+References: :func:`mvssl_lightning.data.views.infomin.rand_augment_op` on PIL images (the CPU recipe),
 the closed-form moments of a clipped normal, binomial / chi-square bounds for the discrete draws.
 Images: embedded CIFAR-10 images and random low-frequency patterns, quantised to uint8 and
 resized to a non-square 64 x 48 (W x H) so that a swapped axis or a wrong rotation sign shows.
@@ -17,7 +17,7 @@ from PIL import Image
 
 from mvssl_lightning.data.datasets import NpzImageDataset, embedded_default_path
 from mvssl_lightning.data.device.randaugment import GEOMETRIC_OPS, DeviceRandAugment
-from mvssl_lightning.data.views_infomin import RAND_AUGMENT_OPS, InfoMinRandAugment, rand_augment_op
+from mvssl_lightning.data.views.infomin import RAND_AUGMENT_OPS, InfoMinRandAugment, rand_augment_op
 
 W, H = 64, 48
 BILINEAR, BICUBIC = Image.Resampling.BILINEAR, Image.Resampling.BICUBIC

@@ -44,7 +44,8 @@ def test_every_recipe_compiles_with_the_cpu_view_count_and_sizes(name):
 
 
 def test_mveb_multicrop_parameters_are_the_papers():
-    # methods.md §1: blur p (1.0, 0.1, 0.5) for (global 1, global 2, locals), solarize 0.2 on global 2
+    # MVEB (wlj6816/MVEB, project/dataloader.py): blur p (1.0, 0.1, 0.5) for (global 1, global 2, locals),
+    # solarize 0.2 on global 2
     device = compile_views(get_view_recipe("mveb_multicrop"))
     g1, g2, local = device.views[0], device.views[1], device.views[2]
     assert all(v is local for v in device.views[2:])
@@ -73,6 +74,56 @@ def test_lightly_transforms_compile_and_unsupported_steps_are_named():
         compile_views(SimCLRTransform(input_size=32, rr_prob=0.5, rr_degrees=15))
     with pytest.raises(UnsupportedOnDevice, match="not a multi-view recipe"):
         compile_views(lambda img: [img])
+
+
+def test_a_new_recipe_registers_its_device_counterparts_without_editing_device():
+    # a recipe module registers its own transform and container; data/device/ is not touched
+    import torchvision.transforms as T
+    from PIL import ImageOps
+
+    from mvssl_lightning.data import MultiViewRecipe, register_device_recipe, register_device_transform
+    from mvssl_lightning.data.device.step import DeviceStep
+
+    class Invert:
+        def __call__(self, img):
+            return ImageOps.invert(img)
+
+    class DeviceInvert(DeviceStep):
+        def __init__(self, p: float = 1.0) -> None:
+            self.p = p
+
+        def sample(self, n, generator):
+            return {"on": torch.rand(n, generator=generator) < self.p}
+
+        def apply(self, x, params):
+            return torch.where(params["on"].view(-1, 1, 1, 1), 1.0 - x, x)
+
+    class SharedFlipRecipe(MultiViewRecipe):
+        pass
+
+    view = T.Compose([T.RandomResizedCrop(16), Invert(), T.ToTensor()])
+    applied = T.Compose([T.RandomResizedCrop(16), T.RandomApply([Invert()], p=0.5), T.ToTensor()])
+    with pytest.raises(UnsupportedOnDevice, match="Invert"):
+        compile_views(SharedFlipRecipe([view, view]))
+    register_device_transform(Invert, lambda t: DeviceInvert())
+    with pytest.raises(UnsupportedOnDevice, match="Invert"):  # registered for plain use only
+        compile_views(SharedFlipRecipe([applied]))
+    register_device_transform(Invert, lambda t, p: DeviceInvert(p), in_random_apply=True)
+
+    def shared_flip(recipe, device_views):
+        device_views.shared_flip = 0.25
+        return device_views
+
+    register_device_recipe(SharedFlipRecipe, shared_flip)
+    device = compile_views(SharedFlipRecipe([view, view, applied], name="new"))
+    assert device.num_views == 3 and device.shared_flip == 0.25 and device.name == "new"
+    assert device.views[0] is device.views[1] and device.views[0].crop.size == 16
+    assert [type(s) for s in device.views[0].steps] == [DeviceInvert]
+    assert [s.p for s in device.views[2].steps] == [0.5]
+    assert compile_views(MultiViewRecipe([view])).shared_flip == 0.0  # the hook is the subclass's only
+    src = torch.full((2, 3, 20, 20), 255, dtype=torch.uint8)
+    out = device(src, torch.tensor([[20, 20]] * 2), torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in out] == [(2, 3, 16, 16)] * 3 and torch.allclose(out[0], torch.zeros(()))
 
 
 @pytest.mark.parametrize("name", ["mveb_multicrop_cifar", "asymmetric_cifar", "amdim_cifar", "infomin_cifar"])

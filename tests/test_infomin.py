@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo import run_in_processes
 from PIL import Image, ImageEnhance, ImageOps
 from torch import nn
 
-from mvssl_lightning.data.views_infomin import (
+from mvssl_lightning.data.views.infomin import (
     RAND_AUGMENT_OPS,
     InfoMinRandAugment,
     JigsawPatches,
@@ -28,7 +29,6 @@ from mvssl_lightning.losses.infonce import InfoNCEQueueLoss, infonce_queue_logit
 from mvssl_lightning.methods.infomin import InfoMin, JigsawHead
 from mvssl_lightning.methods.queue import KeyQueue
 from mvssl_lightning.methods.shuffle_bn import shuffled_key_forward
-from gloo import run_in_processes
 
 
 def unit(*shape, seed=0, dtype=torch.float64):
@@ -434,7 +434,7 @@ def test_infomin_with_datamodule_probe_and_knn():
 
     torch.manual_seed(0)
     data = MultiViewDataModule(
-        dataset="default", views="mvssl_lightning.data.views_infomin.infomin_views_cifar",
+        dataset="default", views="mvssl_lightning.data.views.infomin.infomin_views_cifar",
         view_kwargs={"jigsaw": False}, batch_size=8, num_workers=0, train_subset=16, test_subset=16,
     )
     model = _tiny(jigsaw=False)
@@ -453,7 +453,7 @@ def test_posterize_to_zero_bits_is_black_as_in_the_official_code():
     # (older Pillow) result is a black image
     from PIL import Image
 
-    from mvssl_lightning.data.views_infomin import rand_augment_op
+    from mvssl_lightning.data.views.infomin import rand_augment_op
 
     img = Image.new("RGB", (8, 8), (200, 100, 50))
     out = rand_augment_op(img, "PosterizeTpu", 1.0)

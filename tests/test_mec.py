@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo import run_in_processes
 
 from mvssl_lightning.losses.mec import MECLoss, mec_lambda, mec_loss, mec_taylor_logdet
 from mvssl_lightning.methods.mec import MEC, lambda_inv_schedule
 from mvssl_lightning.methods.momentum import cosine_momentum
-from gloo import run_in_processes
 
 
 def unit_np(x: np.ndarray) -> np.ndarray:

@@ -427,3 +427,65 @@ def test_compile_switch_compiles_backbone_and_teacher_in_place():
     eager = tiny_mveb()
     eager.configure_model()
     assert eager.backbone._compiled_call_impl is None
+
+
+# ----------------------------------------------------------------------------- constructor arguments
+
+
+def _official_settings():
+    """Per method, base settings its official recipe fixes (read from each method's docstring)."""
+    from mvssl_lightning import AMDIM, ERBYOL, MEC, InfoMin
+
+    return {
+        MVEB: dict(optimizer="lars", lr=0.3, weight_decay=1e-6, warmup_start_factor=1e-3, cosine_over_total=True),
+        MEC: dict(optimizer="sgd", lr=0.5, weight_decay=1e-5, exclude_bias_and_norm=False),
+        AMDIM: dict(backbone="amdim", optimizer="adam", lr=2e-4, lr_scaling="none", betas=(0.8, 0.999)),
+        InfoMin: dict(optimizer="sgd", lr=0.03, weight_decay=1e-4, zero_init_residual=False, min_lr_factor=1e-3),
+        ERBYOL: dict(optimizer="lars", lr=0.2, weight_decay=1.5e-6),
+    }
+
+
+def test_every_method_signature_lists_every_setting_with_its_recipe_default():
+    import inspect
+
+    from mvssl_lightning import SiameseModule
+
+    base = {n for n in inspect.signature(SiameseModule.__init__).parameters if n != "self"}
+    for cls, expected in _official_settings().items():
+        params = inspect.signature(cls).parameters
+        assert base <= set(params), cls.__name__  # every base setting is visible to LightningCLI
+        assert "kwargs" not in params
+        for name, value in expected.items():
+            assert params[name].default == value, (cls.__name__, name)
+
+
+def test_constructor_fills_recipe_defaults_and_saves_the_complete_hyperparameters():
+    from mvssl_lightning import MEC
+
+    model = MEC(backbone="resnet18", proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8, lr=0.1)
+    assert model.optimizer_name == "sgd" and model.lr == 0.1 and model.weight_decay == 1e-5
+    assert model.hparams["optimizer"] == "sgd" and model.hparams["lr"] == 0.1
+    assert model.hparams["pred_hidden_dim"] == 8 and model.hparams["exclude_bias_and_norm"] is False
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lrr'"):
+        MEC(backbone="resnet18", lrr=0.1)
+
+
+def test_defaults_must_name_constructor_arguments():
+    with pytest.raises(TypeError, match=r"defaults names no constructor argument: \['lr_typo'\]"):
+
+        class Broken(MVEB):
+            defaults = {"lr_typo": 1.0}
+
+
+def test_lightningcli_validates_closed_choices_and_shows_recipe_defaults(capsys):
+    from mvssl_lightning.cli import run_cli
+
+    base = ["fit", "--model", "mvssl_lightning.methods.MEC", "--data.dataset", "default"]
+    with pytest.raises(SystemExit):
+        run_cli([*base, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "optimizer: sgd" in printed and "lr: 0.5" in printed and "loss_scaling: code" in printed
+    with pytest.raises(SystemExit) as error:
+        run_cli([*base, "--model.optimizer", "adagrad"])
+    assert error.value.code != 0
+    assert "lars" in capsys.readouterr().err  # the allowed values are listed

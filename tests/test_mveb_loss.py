@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo import run_in_processes
 
 from mvssl_lightning.losses.mveb import mveb_alignment, mveb_entropy_surrogate, mveb_loss
-from gloo import run_in_processes
 
 
 def reference_score(z: np.ndarray, eta: float = 0.01, min_bw: float = 0.1) -> np.ndarray:
@@ -27,7 +27,7 @@ def reference_score(z: np.ndarray, eta: float = 0.01, min_bw: float = 0.1) -> np
 
 
 def reference_loss_grad(online: list[np.ndarray], targets: list[np.ndarray], lambd: float, eta: float):
-    """Value of -A and dL/dz_v for every view, from the formulas in methods.md §1."""
+    """Value of -A and dL/dz_v for every view, from the formulas in docs/methods/mveb.md."""
     v_count, b = len(online), online[0].shape[0]
     t1, t2 = targets
     pairs = [t2, t1] + [(t1 + t2) / 2] * (v_count - 2)

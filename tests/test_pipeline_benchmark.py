@@ -1,15 +1,10 @@
-"""``benchmarks/pipeline.py`` runs end to end on the CPU and writes its results files."""
+"""``python -m benchmarks.pipeline`` runs end to end on the CPU and writes its results files."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.pipeline import main  # noqa: E402
+from benchmarks.pipeline import main
 
 
 def test_pipeline_benchmark_smoke(tmp_path):

@@ -120,7 +120,7 @@ def _prob_pair(d: Draw, k: int = 10) -> list[Tensor]:
 def _maps(d: Draw, c: int = 32) -> tuple[Tensor, Tensor]:
     """Un-normalised features ``(r1, r5, r7)`` of two views; view 2 is a noisy copy of view 1."""
     feats = []
-    for view in range(2):
+    for _view in range(2):
         base = d.normal((d.b, c))
         r1 = base[:, :, None, None]
         r5 = base[:, :, None, None] + 0.5 * d.normal((d.b, c, 5, 5))

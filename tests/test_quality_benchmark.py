@@ -1,4 +1,4 @@
-"""The learning-quality benchmark (``benchmarks/quality.py``): the smoke run end to end, any npz file, the
+"""The learning-quality benchmark (``python -m benchmarks.quality``): the smoke run end to end, any npz file, the
 offline probe against data with a known answer, the collapse check, the writers and the error messages."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,16 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks import quality  # noqa: E402
-from benchmarks.quality_baselines import BASELINES, baseline_datamodule  # noqa: E402
-from benchmarks.quality_chart import write_chart  # noqa: E402
-from benchmarks.quality_features import feature_spread  # noqa: E402
-from benchmarks.quality_probe import linear_probe  # noqa: E402
-from benchmarks.quality_recipes import METHOD_CONFIGS, Budget, adapt_config, build_method, load_config  # noqa: E402
-from benchmarks.quality_report import markdown  # noqa: E402
+from benchmarks.quality import __main__ as quality
+from benchmarks.quality.chart import write_chart
+from benchmarks.quality.features import feature_spread
+from benchmarks.quality.probe import linear_probe
+from benchmarks.quality.recipes import (
+    BASELINES,
+    METHOD_CONFIGS,
+    Budget,
+    adapt_config,
+    baseline_datamodule,
+    build_method,
+    load_config,
+)
+from benchmarks.quality.report import markdown
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_smoke_runs_every_method_and_baseline_with_finite_accuracies(smoke):
         assert math.isfinite(row["std_x_sqrt_d"]) and row["effective_rank"] >= 1.0
     assert results["smoke"] and results["epochs"] == 1 and results["image_size"] == 32
     assert results["knn"]["k"] == 200 and results["knn"]["temperature"] == 0.1
-    assert results["command"].startswith("python benchmarks/quality.py --smoke")
+    assert results["command"].startswith("python -m benchmarks.quality --smoke")
 
 
 def test_smoke_writes_the_table_and_a_chart(smoke):
@@ -111,7 +114,8 @@ def test_recipes_follow_the_resolution(tmp_path, side, stem, local):
     _, dm, info = build_method("amdim", budget)  # AMDIM's encoder: 32 px up to 64 px, else 128 px
     dm.setup()
     amdim_side = 32 if side <= 64 else 128
-    assert {v.shape[-1] for v in dm.train_dataset[0][0]} == {amdim_side} and dm.test_dataset[0][0].shape[-1] == amdim_side
+    assert ({v.shape[-1] for v in dm.train_dataset[0][0]} == {amdim_side}
+            and dm.test_dataset[0][0].shape[-1] == amdim_side)
     assert info["cifar_stem"] is (amdim_side == 32)
     dm = baseline_datamodule("npz", budget.data_dir, side, 4, 0)
     dm.setup()
@@ -167,15 +171,17 @@ def _results(rows):
     return {
         "dataset": "toy", "image_size": 32, "num_classes": 10, "train_size": 100, "test_size": 50, "epochs": 2,
         "batch_size": 8, "precision": "32-true", "device": "cpu (test)", "torch": "x", "lightning": "y", "lightly": "z",
-        "date": "today", "git_commit": "0123456789abcdef", "git_dirty": False, "command": "python benchmarks/quality.py --x",
-        "knn": {"k": 200, "temperature": 0.1}, "offline_probe": {"epochs": 100}, "chance": 0.1, "label": "", "rows": rows,
+        "date": "today", "git_commit": "0123456789abcdef", "git_dirty": False,
+        "command": "python -m benchmarks.quality --x", "knn": {"k": 200, "temperature": 0.1},
+        "offline_probe": {"epochs": 100}, "chance": 0.1, "label": "", "rows": rows,
     }
 
 
 def _row(name, kind, knn, **extra):
-    return {"name": name, "kind": kind, "label": name.upper(), "num_views": 2, "knn_top1": knn, "online_probe_top1": 0.5,
-            "offline_probe_top1": 0.625, "std_x_sqrt_d": 0.3, "effective_rank": 12.34, "collapsed": False,
-            "train_s_per_epoch": 1.25, "peak_memory_gib": 2.0, "peak_memory_measure": "test", **extra}
+    return {"name": name, "kind": kind, "label": name.upper(), "num_views": 2, "knn_top1": knn,
+            "online_probe_top1": 0.5, "offline_probe_top1": 0.625, "std_x_sqrt_d": 0.3, "effective_rank": 12.34,
+            "collapsed": False, "train_s_per_epoch": 1.25, "peak_memory_gib": 2.0, "peak_memory_measure": "test",
+            **extra}
 
 
 def test_markdown_table_rows():
@@ -185,7 +191,7 @@ def test_markdown_table_rows():
     assert "| **OURS** | 2 | 87.5 | 50.0 | 62.5 | 0.300 | 12.3 | no | 1.2 | 2.00 |" in lines
     assert "| *THEIRS* | 2 | n/a | 50.0 | 62.5 | 0.300 | 12.3 | **yes** | 1.2 | 2.00 |" in lines
     assert any(line.startswith("| **Broken** |") and "RuntimeError: boom" in line for line in lines)
-    assert "`python benchmarks/quality.py --x`" in lines and lines[-1] == "![learning quality](c.png)"
+    assert "`python -m benchmarks.quality --x`" in lines and lines[-1] == "![learning quality](c.png)"
     assert "commit `0123456789`" in lines[0]
 
 
@@ -214,7 +220,8 @@ def test_render_redraws_table_and_chart_from_json(tmp_path):
     path = tmp_path / "quality-toy-cpu.json"
     path.write_text(json.dumps({**_results([_row("ours", "method", 0.5)]), "device_slug": "cpu"}))
     assert quality.main(["--render", str(path)]) == 0
-    assert "| **OURS** |" in (tmp_path / "quality-toy-cpu.md").read_text() and (tmp_path / "quality-toy-cpu.png").is_file()
+    assert ("| **OURS** |" in (tmp_path / "quality-toy-cpu.md").read_text()
+            and (tmp_path / "quality-toy-cpu.png").is_file())
 
 
 def test_missing_npz_names_the_path(tmp_path, capsys):

@@ -8,11 +8,12 @@ contract), else from ``pl_module(x)`` under ``no_grad`` in eval mode (a user's o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+
 
 def split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """Return ``(x, y)`` of an ``(inputs, targets, ...)`` batch; ``x`` is the first view when the
@@ -80,13 +81,13 @@ def all_gather_cat(
     if trainer.world_size <= 1:
         return tensors
     n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = pl_module.all_gather(n, sync_grads=False).reshape(-1).tolist()
+    sizes = cast(Tensor, pl_module.all_gather(n, sync_grads=False)).reshape(-1).tolist()
     max_n = max(sizes)
     out = []
     for t in tensors:
         if t.shape[0] < max_n:
             t = torch.cat([t, t.new_zeros((max_n - t.shape[0], *t.shape[1:]))])
-        g = pl_module.all_gather(t.contiguous(), sync_grads=False)  # (W, max_n, ...)
+        g = cast(Tensor, pl_module.all_gather(t.contiguous(), sync_grads=False))  # (W, max_n, ...)
         out.append(torch.cat([g[r, : sizes[r]] for r in range(len(sizes))]))
     return tuple(out)
 

@@ -16,7 +16,7 @@ correct counts are summed over processes.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
@@ -174,11 +174,11 @@ class OnlineKNN(pl.Callback):
         top5 = (ranking[:, :5] == query_y[:, None]).any(dim=1).sum()
         counts = torch.stack([top1, top5, torch.tensor(query_y.numel(), device=top1.device)]).float()
         if trainer.world_size > 1:
-            counts = pl_module.all_gather(counts, sync_grads=False).sum(dim=0)
+            counts = cast(Tensor, pl_module.all_gather(counts, sync_grads=False)).sum(dim=0)
         if counts[2] == 0:
             return
         # counts are already summed over ranks: identical values, sync_dist's mean is exact
-        kw = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
+        kw: dict[str, Any] = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
         pl_module.log(f"{self.log_prefix}/top1", counts[0] / counts[2], **kw)
         if num_classes >= 5:
             pl_module.log(f"{self.log_prefix}/top5", counts[1] / counts[2], **kw)

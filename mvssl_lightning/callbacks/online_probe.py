@@ -24,7 +24,7 @@ broadcast. On validation loader ``eval_dataloader_idx`` the head is evaluated wi
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
@@ -214,7 +214,7 @@ class OnlineLinearProbe(pl.Callback):
         top1 = (logits.detach().argmax(dim=1) == y).float().mean()
         # The values are already global (identical on all ranks): the mean over ranks is exact and
         # only keeps Lightning from warning about unsynchronised epoch-level values.
-        kw = dict(on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        kw: dict[str, Any] = dict(on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
         pl_module.log(f"{self.log_prefix}/train_loss", loss.detach(), **kw)
         pl_module.log(f"{self.log_prefix}/train_top1", top1, **kw)
 
@@ -258,7 +258,7 @@ class OnlineLinearProbe(pl.Callback):
             return
         # MulticlassAccuracy.compute() synchronises its counts over processes itself; the values are
         # identical on all ranks, so sync_dist's mean is exact (and silences Lightning's warning).
-        kw = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
+        kw: dict[str, Any] = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, sync_dist=True)
         pl_module.log(f"{self.log_prefix}/val_top1", self.val_top1.compute(), **kw)
         if self.val_top5 is not None:
             pl_module.log(f"{self.log_prefix}/val_top5", self.val_top5.compute(), **kw)
@@ -277,7 +277,7 @@ class OnlineLinearProbe(pl.Callback):
         assert self._optimizer is not None
         return copy.deepcopy(
             {
-                "feat_dim": int(self._head[-1].in_features),
+                "feat_dim": int(cast(nn.Linear, self._head[-1]).in_features),
                 "num_classes": self.num_classes,
                 "head": self._head.state_dict(),
                 "optimizer": self._optimizer.state_dict(),

@@ -1,13 +1,19 @@
 """Data: ``MultiViewDataModule``, the npz/torchvision datasets, the view recipes and their device versions."""
 
 from mvssl_lightning.data.datamodule import MultiViewDataModule, multiview_collate
-from mvssl_lightning.data.device.decode import RawImages
-from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
 from mvssl_lightning.data.datasets import (
     DATASET_NAMES,
     NpzImageDataset,
     build_dataset,
     embedded_default_path,
+)
+from mvssl_lightning.data.device.decode import RawImages
+from mvssl_lightning.data.device.recipe import (
+    DeviceViews,
+    UnsupportedOnDevice,
+    compile_views,
+    register_device_recipe,
+    register_device_transform,
 )
 from mvssl_lightning.data.views import (
     CIFAR10_NORMALIZE,
@@ -49,6 +55,8 @@ __all__ = [
     "multiview_collate",
     "mveb_multicrop",
     "mveb_multicrop_cifar",
+    "register_device_recipe",
+    "register_device_transform",
     "two_views",
     "two_views_cifar",
 ]

@@ -1,6 +1,6 @@
 """``MultiViewDataModule``: multi-view training batches plus the eval loaders probes and kNN read.
 
-Batches (``design.md``, "Data contract"):
+Batches:
 
 - ``train_dataloader()`` yields ``(views, targets)``: ``views`` a list of ``V`` tensors
   ``(B, 3, H_v, W_v)`` (the recipe's order: globals first, then locals), ``targets`` ``(B,)`` int64,
@@ -17,17 +17,16 @@ import hashlib
 import importlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mvssl_lightning.data.datasets import Split, build_dataset, peek_num_classes
 from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
 from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
-
-from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
 from mvssl_lightning.data.views import (
     IMAGENET_NORMALIZE,
     VIEW_RECIPES,
@@ -43,7 +42,8 @@ __all__ = ["MultiViewDataModule", "multiview_collate"]
 CIFAR_SIZED = ("default", "cifar10", "cifar100")
 
 #: Where ``gpu_views`` decodes JPEGs (see ``MultiViewDataModule``).
-DECODE_CHOICES = ("auto", "device", "workers")
+DecodeMode = Literal["auto", "device", "workers"]
+DECODE_CHOICES: tuple[str, ...] = get_args(DecodeMode)
 #: With ``decode: auto`` on CUDA, JPEG files from this size on (ImageNet photos: ~110 KB) are decoded
 #: on the device; smaller ones (CIFAR: ~1 KB) in the workers.
 AUTO_DEVICE_DECODE_MIN_BYTES = 16 * 1024
@@ -61,7 +61,7 @@ def multiview_collate(batch: Sequence[tuple[Any, int]]) -> tuple[list[torch.Tens
     n_views = {len(v) for v in views_per_sample}
     if len(n_views) != 1:
         raise ValueError(f"samples in a batch have different numbers of views: {sorted(n_views)}")
-    views = [torch.stack(list(vs)) for vs in zip(*views_per_sample)]
+    views = [torch.stack(list(vs)) for vs in zip(*views_per_sample, strict=True)]
     targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
     return views, targets
 
@@ -153,7 +153,7 @@ class MultiViewDataModule(L.LightningDataModule):
         train_subset: Optional[int] = None,
         test_subset: Optional[int] = None,
         gpu_views: bool = False,
-        decode: str = "auto",
+        decode: DecodeMode = "auto",
     ) -> None:
         super().__init__()
         self.dataset_name = dataset.lower()
@@ -188,7 +188,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.train_subset = train_subset
         self.test_subset = test_subset
-        if decode not in DECODE_CHOICES:
+        if decode not in DECODE_CHOICES:  # LightningCLI validates the Literal; this is for Python callers
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
         self.gpu_views = bool(gpu_views)
         self.decode = decode
@@ -206,8 +206,9 @@ class MultiViewDataModule(L.LightningDataModule):
         t = self.view_transform
         if hasattr(t, "num_views"):
             return int(t.num_views)
-        if isinstance(getattr(t, "transforms", None), (list, tuple)):
-            return len(t.transforms)
+        transforms = getattr(t, "transforms", None)
+        if isinstance(transforms, (list, tuple)):
+            return len(transforms)
         return None
 
     @property
@@ -221,7 +222,7 @@ class MultiViewDataModule(L.LightningDataModule):
         return peek_num_classes(self.dataset_name, self.data_dir)
 
     # ------------------------------------------------------------------ data
-    def _build(self, split: str, transform: Callable, include_unlabeled: bool = False, raw: bool = False) -> Dataset:
+    def _build(self, split: Split, transform: Callable, include_unlabeled: bool = False, raw: bool = False) -> Dataset:
         return build_dataset(
             self.dataset_name, self.data_dir, split, transform, download=False,
             include_unlabeled=include_unlabeled, raw=raw,
@@ -231,7 +232,8 @@ class MultiViewDataModule(L.LightningDataModule):
         """Download torchvision datasets when ``download=True`` (called on one process)."""
         if not self.download or self.dataset_name not in ("cifar10", "cifar100", "stl10"):
             return
-        for split, unlabeled in (("train", True), ("test", False)):
+        splits: tuple[tuple[Split, bool], ...] = (("train", True), ("test", False))
+        for split, unlabeled in splits:
             build_dataset(self.dataset_name, self.data_dir, split, None, download=True,
                           include_unlabeled=unlabeled)
 

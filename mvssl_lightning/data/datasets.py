@@ -1,6 +1,6 @@
 """Datasets: the project's npz image layout, the embedded default, and a name -> dataset factory.
 
-The npz layout (see ``design.md``, "Data contract"):
+The npz layout:
 
 - ``jpeg_<split>`` (uint8): the split's image files (JPEG, or anything Pillow opens), concatenated;
 - ``offsets_<split>`` (N+1, int): image ``i`` is ``jpeg_<split>[offsets[i]:offsets[i+1]]``;
@@ -18,12 +18,12 @@ import os
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import numpy as np
 import torch
-from PIL import Image
 import torchvision.transforms as T
+from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -34,7 +34,9 @@ __all__ = [
     "embedded_default_path",
 ]
 
-SPLITS = ("train", "test")
+#: A dataset split.
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 #: Names accepted by :func:`build_dataset` (and ``MultiViewDataModule(dataset=...)``).
 DATASET_NAMES = ("default", "cifar10", "cifar100", "stl10", "imagefolder", "npz")
 #: Class counts known without reading any file.
@@ -78,7 +80,7 @@ class NpzImageDataset(Dataset):
     def __init__(
         self,
         path_or_arrays: Union[PathLike, Mapping[str, Any]],
-        split: str = "train",
+        split: Split = "train",
         transform: Optional[Callable] = None,
         raw: bool = False,
     ) -> None:
@@ -126,7 +128,7 @@ class NpzImageDataset(Dataset):
             raise ValueError(
                 f"{self.source}: y_{split} has {len(self.targets)} labels for {n} images in split '{split}'"
             )
-        if self._offsets is not None:
+        if self._offsets is not None and self._jpeg is not None:
             o = self._offsets
             if n < 0 or (n > 0 and (o[0] < 0 or np.any(np.diff(o) < 0) or o[-1] > len(self._jpeg))):
                 raise ValueError(
@@ -153,6 +155,7 @@ class NpzImageDataset(Dataset):
         """Decode image ``index`` as an RGB ``PIL.Image`` (no transform)."""
         if self._x is not None:
             return Image.fromarray(np.ascontiguousarray(self._x[index]))
+        assert self._jpeg is not None and self._offsets is not None
         data = self._jpeg[self._offsets[index] : self._offsets[index + 1]].tobytes()
         try:
             with Image.open(io.BytesIO(data)) as img:
@@ -166,6 +169,7 @@ class NpzImageDataset(Dataset):
         """Image ``index`` undecoded: file bytes (1-D uint8), or ``(3, H, W)`` uint8 for raw arrays."""
         if self._x is not None:
             return torch.from_numpy(np.ascontiguousarray(self._x[index].transpose(2, 0, 1)))
+        assert self._jpeg is not None and self._offsets is not None
         return torch.from_numpy(self._jpeg[self._offsets[index] : self._offsets[index + 1]].copy())
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
@@ -224,7 +228,7 @@ def _torchvision(name: str, cls: Callable, root: Path, download: bool, **kwargs:
 def build_dataset(
     name: str,
     root: Optional[PathLike] = None,
-    split: str = "train",
+    split: Split = "train",
     transform: Optional[Callable] = None,
     download: bool = False,
     include_unlabeled: bool = False,
@@ -239,7 +243,7 @@ def build_dataset(
             ``"imagefolder"`` (torchvision ``ImageFolder`` at ``root/train`` and ``root/val``),
             ``"npz"`` (``root`` is the ``.npz`` file).
         root: data directory or file, see ``name``.
-        split: ``"train"`` or ``"test"`` (``"val"`` for ImageFolder).
+        split: ``"train"`` or ``"test"`` (ImageFolder reads ``val/``, else ``test/``, for ``"test"``).
         transform: applied to every PIL image.
         download: let torchvision download missing files.
         include_unlabeled: for the self-supervised training set, add unlabeled images where the

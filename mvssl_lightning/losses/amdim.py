@@ -1,7 +1,7 @@
 """AMDIM: multiscale global->local InfoNCE (Bachman, Hjelm, Buchwalter, NeurIPS 2019, arXiv 1906.00910).
 
 Computes what the official code computes (``Philip-Bachman/amdim-public``, ``costs.py``:
-``LossMultiNCE`` and ``NCE_MI_MULTI``; methods.md §2).  For one source vector per image
+``LossMultiNCE`` and ``NCE_MI_MULTI``).  For one source vector per image
 ``s_b in R^C`` and a target map ``t_{b', l}`` (``L = H x W`` locations), ``C = n_rkhs``:
 
     u[b, b', l]  = <s_b, t_{b', l}> / sqrt(C)                        raw scores
@@ -46,14 +46,14 @@ into the global mean, so the update equals the single-process update on the conc
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad, world_size
+from mvssl_lightning.losses.precision import at_least_float32
 
 __all__ = ["AMDIMLoss", "amdim_loss", "amdim_nce", "amdim_terms", "sample_r5_cells", "tanh_clip"]
 
@@ -190,12 +190,12 @@ def amdim_terms(
             "5t5": ((src5_1, t5_2), (src5_2, t5_1)),
         }
         terms: dict[str, Tensor] = {}
-        reg = 0.0
+        reg: Tensor | float = 0.0
         for name, directions in pairs.items():
             (nce_a, reg_a), (nce_b, reg_b) = (_nce(s, t, offset, tclip, reg_weight) for s, t in directions)
             terms[f"nce_{name}"] = 0.5 * (nce_a + nce_b)
             reg = reg + reg_a + reg_b
-        terms["reg"] = 0.5 * reg
+        terms["reg"] = cast(Tensor, 0.5 * reg)
     return terms
 
 

@@ -7,7 +7,7 @@ The ER bound on the mutual information between the projections of two views is
 
 so an ER method minimises ``reconstruction - entropy``.  This module holds the four estimators of the
 official code (``apple/ml-entropy-reconstruction`` @ f523f11, ``entropy_reconstruction.py``, functions
-``entropy`` and ``reconstruction``; see ``shared/reference/methods.md`` §4), computed the same way:
+``entropy`` and ``reconstruction``), computed the same way:
 
 Sphere (unit rows ``z`` of dimension ``d``, von Mises-Fisher kernel of concentration ``kappa``)::
 
@@ -46,158 +46,34 @@ All estimators run in float32 (or float64 when given float64) with autocast disa
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad
+from mvssl_lightning.losses.precision import at_least_float32
+from mvssl_lightning.losses.special import float64_iv, log_bessel_iv
 
 __all__ = [
     "ERDiscreteLoss",
+    "ERPrototypeLoss",
     "ERSphereLoss",
+    "cross_view_cross_entropy",
     "er_discrete_entropy",
     "er_discrete_reconstruction",
     "er_sphere_entropy",
     "er_sphere_reconstruction",
     "log_bessel_iv",
+    "mean_of_terms",
     "vmf_log_normalizer",
 ]
 
 EPS = 1e-7  # the official code's eps in the discrete estimators and in log(iv + 1e-7)
+Reduction = Literal["expectation", "average"]
 REDUCTIONS = ("expectation", "average")
-
-# ----------------------------------------------------------------------------- log I_v(x), float64
-
-#: orders at or above this use the uniform (Debye) expansion directly
-_DEBYE_MIN_ORDER = 30.0
-#: below ``_DEBYE_MIN_ORDER``: power series up to this argument, Hankel's expansion above it
-_SERIES_MAX_ARG = 1000.0
-_DEBYE_TERMS = 13
-
-
-def _debye_polynomials(n: int) -> list[list[float]]:
-    """Coefficients (in ``t``, low order first) of Debye's ``u_0..u_{n-1}`` (DLMF 10.41.9-10).
-
-    ``u_0 = 1``, ``u_{k+1}(t) = t^2 (1 - t^2) u_k'(t) / 2 + (1/8) int_0^t (1 - 5 s^2) u_k(s) ds``,
-    computed exactly with fractions, then rounded to float64.
-    """
-    polys = [[Fraction(1)]]
-    for _ in range(n - 1):
-        u = polys[-1]
-        deriv = [j * c for j, c in enumerate(u)][1:]  # u'(t), low order first
-        nxt = [Fraction(0)] * (len(u) + 3)
-        for j, c in enumerate(deriv):  # t^2 (1 - t^2) u' / 2
-            nxt[j + 2] += c / 2
-            nxt[j + 4] -= c / 2
-        for j, c in enumerate(u):  # (1/8) int_0^t (1 - 5 s^2) u(s) ds
-            nxt[j + 1] += c / 8 / (j + 1)
-            nxt[j + 3] -= 5 * c / 8 / (j + 3)
-        polys.append(nxt)
-    return [[float(c) for c in u] for u in polys]
-
-
-_DEBYE_U = _debye_polynomials(_DEBYE_TERMS)
-
-
-def _horner(coeffs: list[float], t: float) -> float:
-    acc = 0.0
-    for c in reversed(coeffs):
-        acc = acc * t + c
-    return acc
-
-
-def _log_iv_debye(v: float, x: float) -> float:
-    """Uniform asymptotic expansion for large order (DLMF 10.41.3), uniform in ``z = x / v``::
-
-        I_v(v z) ~ exp(v eta) / (sqrt(2 pi v) (1 + z^2)^(1/4)) sum_k u_k(t) / v^k,
-        t = 1 / sqrt(1 + z^2),  eta = sqrt(1 + z^2) + log(z / (1 + sqrt(1 + z^2))).
-
-    With ``v >= 30`` and 13 terms the truncation error is below 1e-17 (the terms behave like
-    ``k! / (2 pi v)^k``).
-    """
-    z = x / v
-    root = math.sqrt(1.0 + z * z)
-    t = 1.0 / root
-    eta = root + math.log(z / (1.0 + root))
-    total, scale = 0.0, 1.0
-    for u in _DEBYE_U:
-        total += _horner(u, t) * scale
-        scale /= v
-    return v * eta - 0.5 * math.log(2.0 * math.pi * v) - 0.5 * math.log(root) + math.log(total)
-
-
-def _log_iv_series(v: float, x: float) -> float:
-    """Power series ``I_v(x) = sum_k (x/2)^(2k+v) / (k! Gamma(k+v+1))`` in log space.
-
-    All terms are positive (no cancellation); the log-terms are accumulated by their ratios and summed
-    with a log-sum-exp (``math.fsum``), until past the peak and below ``e^-40`` of it.
-    """
-    h = math.log(0.5 * x)
-    log_t = v * h - math.lgamma(v + 1.0)
-    logs = [log_t]
-    peak, k = log_t, 0
-    while True:
-        log_t += 2.0 * h - math.log(k + 1.0) - math.log(k + v + 1.0)
-        k += 1
-        logs.append(log_t)
-        peak = max(peak, log_t)
-        if log_t < peak - 40.0 and (0.5 * x) ** 2 < (k + 1.0) * (k + v + 1.0):
-            break
-    return peak + math.log(math.fsum(math.exp(lt - peak) for lt in logs))
-
-
-def _log_iv_hankel(v: float, x: float) -> float:
-    """Hankel's large-argument expansion (DLMF 10.40.1) for ``v < 30``, ``x > 1000``::
-
-        I_v(x) ~ e^x / sqrt(2 pi x) sum_k (-1)^k a_k(v) / x^k,
-        a_k(v) = prod_{j=1..k} (4 v^2 - (2j - 1)^2) / (k! 8^k).
-
-    The term ratio is below ``4 v^2 / (8 k x) < 0.45 / k``; the ``e^-x`` branch is below 1e-400.
-    """
-    mu = 4.0 * v * v
-    term, total, k = 1.0, 1.0, 0
-    while abs(term) > 1e-18 * abs(total):
-        k += 1
-        term *= -(mu - (2 * k - 1) ** 2) / (8.0 * k * x)
-        total += term
-        if k > 60:  # unreachable for v < 30, x > 1000
-            break
-    return x - 0.5 * math.log(2.0 * math.pi * x) + math.log(total)
-
-
-@lru_cache(maxsize=256)
-def log_bessel_iv(v: float, x: float) -> float:
-    """``log I_v(x)`` of the modified Bessel function of the first kind, in float64, for ``v >= 0``,
-    ``x > 0``: exact to ~1e-13 relative (tested against mpmath for v up to 2047, x in [1e-3, 1e5]).
-
-    Regions: ``v >= 30``: uniform asymptotic (Debye) expansion; ``v < 30``: the convergent power
-    series for ``x <= 1000`` and Hankel's expansion above.  Never overflows or underflows.
-    """
-    v, x = float(v), float(x)
-    if not (v >= 0.0 and x > 0.0 and math.isfinite(v) and math.isfinite(x)):
-        raise ValueError(f"log_bessel_iv needs finite v >= 0 and x > 0, got v={v}, x={x}")
-    if v >= _DEBYE_MIN_ORDER:
-        return _log_iv_debye(v, x)
-    if x <= _SERIES_MAX_ARG:
-        return _log_iv_series(v, x)
-    return _log_iv_hankel(v, x)
-
-
-def _official_iv(v: float, x: float) -> float:
-    """``scipy.special.iv(v, x)`` in float64 as the official code sees it: ``inf`` when ``I_v(x)``
-    exceeds the float64 range (``x >~ 713`` for small ``v``) and 0 (or subnormal) when it underflows
-    (e.g. ``d >~ 1000`` at ``kappa = 10``).  Orders 0 and 1 use ``torch.special.i0/i1``; other orders
-    exponentiate the exact :func:`log_bessel_iv` (identical up to rounding).
-    """
-    if v in (0.0, 1.0):
-        fn = torch.special.i0 if v == 0.0 else torch.special.i1
-        return float(fn(torch.tensor(x, dtype=torch.float64)))
-    log_i = log_bessel_iv(v, x)
-    return math.exp(log_i) if log_i < math.log(torch.finfo(torch.float64).max) else math.inf
-
 
 @lru_cache(maxsize=256)
 def vmf_log_normalizer(d: int, kappa: float, official: bool = False) -> float:
@@ -214,7 +90,7 @@ def vmf_log_normalizer(d: int, kappa: float, official: bool = False) -> float:
     if not (kappa > 0 and math.isfinite(kappa)):
         raise ValueError(f"kappa must be positive and finite, got {kappa}")
     v = 0.5 * d - 1.0
-    log_i = math.log(_official_iv(v, kappa) + EPS) if official else log_bessel_iv(v, kappa)
+    log_i = math.log(float64_iv(v, kappa) + EPS) if official else log_bessel_iv(v, kappa)
     return v * math.log(kappa) - 0.5 * d * math.log(2.0 * math.pi) - log_i
 
 
@@ -229,7 +105,7 @@ def _check_reduction(reduction: str) -> None:
 def er_sphere_entropy(
     z: Tensor,
     kappa: float = 10.0,
-    reduction: str = "expectation",
+    reduction: Reduction = "expectation",
     official_constant: bool = False,
     gather_distributed: bool = False,
 ) -> Tensor:
@@ -275,7 +151,7 @@ def er_sphere_reconstruction(z1: Tensor, z2: Tensor, kappa: float = 10.0, offici
 
 
 def er_discrete_entropy(
-    p: Tensor, reduction: str = "expectation", eps: float = EPS, gather_distributed: bool = False
+    p: Tensor, reduction: Reduction = "expectation", eps: float = EPS, gather_distributed: bool = False
 ) -> Tensor:
     """Entropy of the batch-mean distribution ``pbar = mean_b p_b`` of probability rows ``p (B, K)``:
     ``-sum_c pbar_c log(pbar_c + eps)`` ("expectation") or ``-mean_c log(pbar_c + eps)`` ("average")
@@ -296,36 +172,68 @@ def er_discrete_reconstruction(p1: Tensor, p2: Tensor, eps: float = EPS) -> Tens
     """Symmetrised cross-entropy ``mean_b (1/2)[-sum p1 log(p2 + eps) - sum p2 log(p1 + eps)]``
     (official ``reconstruction``, ``support="discrete"``)."""
     if p1.shape != p2.shape or p1.ndim != 2:
-        raise ValueError(f"er_discrete_reconstruction needs two (B, K) tensors, got {tuple(p1.shape)}, {tuple(p2.shape)}")
+        raise ValueError(
+            f"er_discrete_reconstruction needs two (B, K) tensors, got {tuple(p1.shape)}, {tuple(p2.shape)}"
+        )
     with torch.autocast(device_type=p1.device.type, enabled=False):
         p1, p2 = at_least_float32(p1), at_least_float32(p2)
         rec = -(p1 * torch.log(p2 + eps)).sum(dim=1) - (p2 * torch.log(p1 + eps)).sum(dim=1)
         return 0.5 * rec.mean()
 
 
-# ----------------------------------------------------------------------------- module wrappers
+# ----------------------------------------------------------------------------- objectives of the ER methods
+
+
+def _mean(values: Sequence[Tensor]) -> Tensor:
+    """``sum(values) / len(values)``, summed left to right."""
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total / len(values)
+
+
+def cross_view_cross_entropy(targets: Sequence[Tensor], log_probs: Sequence[Tensor]) -> Tensor:
+    """``mean_{(i, v): v != i} mean_b [-sum_k q_i[b, k] log p_v[b, k]]``: every target view ``i``
+    predicted from every *other* view ``v`` (DINO's loss, SwAV's swapped prediction).
+
+    Args:
+        targets: ``T`` probability rows ``q_i (B, K)``, no gradient (teacher outputs or Sinkhorn codes of
+            the ``T`` global views, which are the first ``T`` of ``log_probs``' views).
+        log_probs: ``V >= 2`` rows of log-probabilities ``log p_v (B, K)`` (student, every view).
+    """
+    pairs = [(i, v) for i in range(len(targets)) for v in range(len(log_probs)) if v != i]
+    if not pairs:
+        raise ValueError(f"need at least two views, got {len(targets)} targets and {len(log_probs)} predictions")
+    return _mean([-(targets[i] * log_probs[v]).sum(dim=1).mean() for i, v in pairs])
+
+
+def mean_of_terms(results: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Average ``(loss, terms)`` pairs, e.g. the two directions of a symmetrised objective."""
+    return _mean([r[0] for r in results]), {k: _mean([r[1][k] for r in results]) for k in results[0][1]}
 
 
 class ERSphereLoss(nn.Module):
-    """``R - lambda H`` on the sphere for one (prediction, target) pair.
+    """``w_rec R - w_ent H`` on the sphere for one (prediction, target) pair (ER-SimCLR, ER-BYOL).
 
-    ``forward(z1, z2, entropy_input=None)`` returns ``(loss, {"reconstruction", "entropy"})`` with
-    ``R = er_sphere_reconstruction(z1, z2)`` and ``H = er_sphere_entropy(entropy_input or z1)``.
-    Symmetrise by averaging the two directions (as :class:`mvssl_lightning.methods.er.ERSimCLR`).
+    ``forward(z1, z2, entropy_input=None)`` returns ``(loss, {"reconstruction", "entropy"})`` (terms
+    detached) with ``R = er_sphere_reconstruction(z1, z2)`` and ``H = er_sphere_entropy(entropy_input
+    or z1)``; symmetrise with :func:`mean_of_terms` over the two directions.
     """
 
     def __init__(
         self,
         kappa: float = 10.0,
         entropy_weight: float = 1.0,
-        reduction: str = "expectation",
+        reduction: Reduction = "expectation",
         official_constant: bool = False,
         gather_distributed: bool = False,
+        reconstruction_weight: float = 1.0,
     ) -> None:
         super().__init__()
         _check_reduction(reduction)
         self.kappa = kappa
         self.entropy_weight = entropy_weight
+        self.reconstruction_weight = reconstruction_weight
         self.reduction = reduction
         self.official_constant = official_constant
         self.gather_distributed = gather_distributed
@@ -339,7 +247,8 @@ class ERSphereLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor, entropy_input: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         rec = self.reconstruction(z1, z2)
         ent = self.entropy(z1 if entropy_input is None else entropy_input)
-        return rec - self.entropy_weight * ent, {"reconstruction": rec.detach(), "entropy": ent.detach()}
+        loss = self.reconstruction_weight * rec - self.entropy_weight * ent
+        return loss, {"reconstruction": rec.detach(), "entropy": ent.detach()}
 
 
 class ERDiscreteLoss(nn.Module):
@@ -349,7 +258,7 @@ class ERDiscreteLoss(nn.Module):
     def __init__(
         self,
         entropy_weight: float = 1.0,
-        reduction: str = "expectation",
+        reduction: Reduction = "expectation",
         eps: float = EPS,
         gather_distributed: bool = False,
     ) -> None:
@@ -370,3 +279,51 @@ class ERDiscreteLoss(nn.Module):
         rec = self.reconstruction(p1, p2)
         ent = self.entropy(p1 if entropy_input is None else entropy_input)
         return rec - self.entropy_weight * ent, {"reconstruction": rec.detach(), "entropy": ent.detach()}
+
+
+class ERPrototypeLoss(nn.Module):
+    """The ER objective over prototype assignments (ER-DINO, ER-SwAV)::
+
+        R = cross_view_cross_entropy(q, log p)                    ("cross_entropy": DINO's / SwAV's loss)
+          = mean_{(i, v): v != i} R_disc(p_v, q_i)                ("er": the official discrete reconstruction)
+        H = mean_v H_disc(p_v)                                    (entropy of each view's batch-mean p)
+        L = w_rec R - w_ent H
+
+    ``forward(targets, log_probs)`` takes the ``T`` target rows ``q_i (B, K)`` (no gradient) and the
+    ``V`` student log-probabilities ``log p_v (B, K)``, views in the same order (the ``T`` globals
+    first), and returns ``(loss, {"reconstruction", "entropy"})`` (terms detached), in float32.
+    """
+
+    def __init__(
+        self,
+        reconstruction: Literal["cross_entropy", "er"] = "cross_entropy",
+        entropy_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        reduction: Reduction = "expectation",
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        if reconstruction not in ("cross_entropy", "er"):
+            raise ValueError(f"reconstruction must be 'cross_entropy' or 'er', got {reconstruction!r}")
+        self.reconstruction = reconstruction
+        self.entropy_weight = entropy_weight
+        self.reconstruction_weight = reconstruction_weight
+        self.reduction = reduction
+        self.gather_distributed = gather_distributed
+
+    def forward(self, targets: Sequence[Tensor], log_probs: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        with torch.autocast(device_type=log_probs[0].device.type, enabled=False):
+            targets = [at_least_float32(q) for q in targets]
+            log_probs = [at_least_float32(lp) for lp in log_probs]
+            if self.reconstruction == "cross_entropy":
+                rec = cross_view_cross_entropy(targets, log_probs)
+            else:
+                pairs = [(i, v) for i in range(len(targets)) for v in range(len(log_probs)) if v != i]
+                rec = _mean([er_discrete_reconstruction(log_probs[v].exp(), targets[i]) for i, v in pairs])
+            ent = _mean(
+                [er_discrete_entropy(lp.exp(), self.reduction, gather_distributed=self.gather_distributed)
+                 for lp in log_probs]
+            )
+        loss = self.reconstruction_weight * rec - self.entropy_weight * ent
+        return loss, {"reconstruction": rec.detach(), "entropy": ent.detach()}

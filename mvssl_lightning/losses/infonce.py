@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.distributed import gather_with_grad
+from mvssl_lightning.losses.precision import at_least_float32
 
 __all__ = ["InfoNCEQueueLoss", "infonce_queue_logits", "infonce_queue_loss"]
 

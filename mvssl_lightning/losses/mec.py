@@ -10,7 +10,7 @@ The paper (§3, eq. 3) maximises the coding length of a batch of ``m`` L2-normal
 (the truncated Taylor series of ``log(I + C)``, convergent for ``||C||_2 < 1``).
 
 What the official code computes (``xinliu20/MEC`` @ 35045dc, ``main_pretrain.py``, ``loss_func`` and
-``train``; methods.md §5), reproduced here::
+``train``), reproduced here::
 
     T(p, z) = tr sum_{k=1..order} (-1)^(k+1) C^k / k,   C = N(p) N(z)^T / lambda_inv   (m x m)
     mec     = (T(p1, z2) + T(p2, z1)) / (2 m)
@@ -32,6 +32,7 @@ float64), also under bf16/fp16 autocast.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,8 @@ from torch import Tensor, nn
 from mvssl_lightning.losses.distributed import gather_with_grad
 from mvssl_lightning.losses.precision import at_least_float32
 
+LossScaling = Literal["code", "paper_mu"]
 LOSS_SCALINGS = ("code", "paper_mu")
-
-
 
 
 def mec_lambda(dim: int, batch_size: int, eps_sq: float = 64.0) -> float:
@@ -131,7 +131,7 @@ class MECLoss(nn.Module):
     ``terms["mec"]`` is ``mu * mec`` (detached), the per-sample coding length the official code logs.
     """
 
-    def __init__(self, order: int = 4, gather_distributed: bool = True, loss_scaling: str = "code") -> None:
+    def __init__(self, order: int = 4, gather_distributed: bool = True, loss_scaling: LossScaling = "code") -> None:
         super().__init__()
         if loss_scaling not in LOSS_SCALINGS:
             raise ValueError(f"loss_scaling must be one of {LOSS_SCALINGS}, got {loss_scaling!r}")

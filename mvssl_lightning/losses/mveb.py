@@ -27,7 +27,7 @@ float32, also under bf16/fp16 autocast.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,12 +88,12 @@ def mveb_entropy(
     gather_distributed: bool = False,
 ) -> Tensor:
     """``U = sum_v E(z_v) / V``; with ``gather_distributed`` each ``E`` uses the global batch."""
-    total = 0.0
+    total: Tensor | float = 0.0
     for z in online:
         if gather_distributed:
             z = gather_with_grad(z)
         total = total + mveb_entropy_surrogate(z, eta=eta, min_bandwidth=min_bandwidth)
-    return total / len(online)
+    return cast(Tensor, total / len(online))
 
 
 def mveb_terms(

@@ -1,6 +1,6 @@
 """AMDIM as a LightningModule (Bachman, Hjelm, Buchwalter, "Learning Representations by Maximizing
 Mutual Information Across Views", NeurIPS 2019), following ``Philip-Bachman/amdim-public``
-(``model.py``, ``costs.py``, ``task_self_supervised.py``; methods.md §2, §10.4).
+(``model.py``, ``costs.py``, ``task_self_supervised.py``).
 
 Algorithm (one training step; the objective is :mod:`mvssl_lightning.losses.amdim`)::
 
@@ -19,23 +19,21 @@ updates, factor ``min(1, (t + 1) / 500)`` at update ``t`` (0-indexed), then a st
 ``lr_gamma = 0.2`` at epochs ``lr_milestones``: ``[30, 45]`` of 50 on ImageNet, ``[250, 280]`` of 300
 on CIFAR/STL.  As in the official loop, which calls ``MultiStepLR.step(epoch)`` (closed form) at
 the *end* of 0-indexed epoch ``epoch``, a milestone ``m`` decays the lr from the first step of epoch
-``m + 1`` (after ``m + 1`` full epochs; one epoch later than the usual MultiStepLR meaning).  No lr scaling with the batch size
-and no weight-decay exclusions (the official Adam decays every parameter).
+``m + 1`` (after ``m + 1`` full epochs; one epoch later than the usual MultiStepLR meaning).  No lr
+scaling with the batch size and no weight-decay exclusions (the official Adam decays every parameter).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Sequence, cast
 
-import torch
 from torch import Tensor
 
 from mvssl_lightning.losses.amdim import AMDIMLoss
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.models.amdim import amdim_heads
-from mvssl_lightning.optim import build_optimizer, parameter_groups
+from mvssl_lightning.models.amdim import AMDIMEncoder, amdim_heads
 
 __all__ = ["AMDIM", "amdim_lr_factor"]
 
@@ -66,7 +64,7 @@ class AMDIM(SiameseModule):
             milestone ``m`` multiplies the lr by ``lr_gamma`` from epoch ``m + 1`` on (0-indexed).
         lr_gamma: step-decay factor (0.2).
         warmup_steps: linear warm-up length in optimiser steps (500).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (``warmup_epochs``,
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``;
             ``warmup_start_factor``, ``min_lr_factor`` and ``cosine_over_total`` are unused: the
             schedule is :func:`amdim_lr_factor`; ``warmup_steps=None`` falls back to ``warmup_epochs``).
     """
@@ -74,37 +72,32 @@ class AMDIM(SiameseModule):
     min_views = 2
     max_views = 2
 
+    #: the official recipe (``task_self_supervised.py``): Adam, no lr scaling, every parameter decayed
+    defaults = {
+        "backbone": "amdim",
+        "optimizer": "adam",
+        "lr": 2e-4,
+        "lr_scaling": "none",
+        "betas": (0.8, 0.999),
+        "weight_decay": 1e-5,
+        "exclude_bias_and_norm": False,
+        "warmup_steps": 500,
+    }
+
     def __init__(
         self,
-        backbone: str = "amdim",
         tclip: float = 20.0,
         reg_weight: float = 0.05,
         gather_distributed: bool = True,
         lr_milestones: Sequence[int] = (30, 45),
         lr_gamma: float = 0.2,
-        optimizer: str = "adam",
-        lr: float = 2e-4,
-        lr_scaling: str = "none",
-        betas: tuple[float, float] = (0.8, 0.999),
-        weight_decay: float = 1e-5,
-        exclude_bias_and_norm: bool = False,
-        warmup_steps: Optional[int] = 500,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optimizer=optimizer,
-            lr=lr,
-            lr_scaling=lr_scaling,
-            betas=betas,
-            weight_decay=weight_decay,
-            exclude_bias_and_norm=exclude_bias_and_norm,
-            warmup_steps=warmup_steps,
-            **kwargs,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         if not hasattr(self.backbone, "forward_maps"):
-            raise ValueError(f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {backbone!r}")
+            raise ValueError(
+                f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {kwargs.get('backbone')!r}"
+            )
         if lr_gamma <= 0:
             raise ValueError(f"lr_gamma must be positive, got {lr_gamma}")
         self.heads = amdim_heads(self.backbone)
@@ -114,7 +107,7 @@ class AMDIM(SiameseModule):
 
     def multiscale_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7))`` after the heads."""
-        r1, h5, h7 = self.backbone.forward_maps(x)
+        r1, h5, h7 = cast(AMDIMEncoder, self.backbone).forward_maps(x)
         return r1, self.heads["r5"](h5), self.heads["r7"](h7)
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
@@ -124,18 +117,13 @@ class AMDIM(SiameseModule):
         return loss, terms, feats1[0].flatten(1)
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
-        optimizer = build_optimizer(
-            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+    def lr_factor(self, total_steps: int) -> Callable[[int], float]:
+        """:func:`amdim_lr_factor` with the milestones in optimiser steps (official: ``step(epoch)`` at
+        the end of each epoch, so milestone ``m`` takes effect after ``m + 1`` epochs)."""
         per_epoch = self.steps_per_epoch()
-        schedule = partial(
+        return partial(
             amdim_lr_factor,
-            warmup_steps=self._warmup_steps(total),
-            milestone_steps=[(m + 1) * per_epoch for m in self.lr_milestones],  # official: step(epoch) at its end
+            warmup_steps=self._warmup_steps(total_steps),
+            milestone_steps=[(m + 1) * per_epoch for m in self.lr_milestones],
             gamma=self.lr_gamma,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

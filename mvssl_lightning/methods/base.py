@@ -1,32 +1,101 @@
 """``SiameseModule``: the small shared base of every method.
 
 It owns what all methods share and nothing else: the backbone, the optimiser with its per-step
-warm-up + cosine schedule and batch-size lr scaling, the view-count check, the non-finite-loss guard,
-logging, and the hand-off of features to callbacks.  A method implements :meth:`compute_loss`
-(its algorithm box) and, when it has an EMA teacher, :meth:`on_after_optimizer_step`.
+learning-rate schedule and batch-size lr scaling, the EMA teachers' update, the view-count check, the
+non-finite-loss guard, logging, and the hand-off of features to callbacks.  A method implements
+:meth:`compute_loss` (its algorithm box), sets ``self.ema`` when it has an EMA teacher, and lists the
+official recipe's values of the base settings in ``defaults``.
 
-Contract (``shared/design.md``):
+Contract (``docs/architecture.md``):
 - a training batch is ``(views, targets)``, ``views`` a list of ``V`` tensors ``(B, 3, H_v, W_v)``;
 - ``forward(x)`` returns the backbone's pooled features ``(B, feat_dim)``;
 - ``training_step`` returns ``{"loss": loss, "features": f}`` with ``f`` the detached backbone features
   of the first view; ``validation_step`` returns ``{"features": f, "targets": y}``.
+
+Constructor arguments: a method declares only its own arguments and passes ``**kwargs`` on.  When a
+subclass is created, :meth:`SiameseModule.__init_subclass__` gives its ``__init__`` the full signature
+(its own arguments, then every base argument with the defaults of ``defaults``), so LightningCLI's
+``--help`` and ``--print_config`` list every setting with the method's own default, calls fill in
+those defaults, and the hyperparameters saved in checkpoints are the complete, resolved set.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import typing
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
+from mvssl_lightning.methods.momentum import EMATeacher
 from mvssl_lightning.models.backbones import build_backbone
-from mvssl_lightning.optim import build_optimizer, parameter_groups
+from mvssl_lightning.optim import OptimizerName, build_optimizer, parameter_groups
 from mvssl_lightning.schedules import warmup_cosine_factor
 
+Backbone = Literal["resnet18", "resnet34", "resnet50", "amdim"]
+LRScaling = Literal["linear", "sqrt", "none"]
 LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+def _own_parameters(init: Callable) -> list[inspect.Parameter]:
+    """The named parameters an ``__init__`` declares itself (no ``self``, ``*args``, ``**kwargs``), with
+    their annotations evaluated in the defining module (the merged signature lives in this one)."""
+    init = inspect.unwrap(init)
+    hints = typing.get_type_hints(init)
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.replace(annotation=hints.get(name, p.annotation))
+        for name, p in inspect.signature(init).parameters.items()
+        if name != "self" and p.kind not in skip
+    ]
+
+
+def _full_signature(cls: type) -> inspect.Signature:
+    """``cls``'s own arguments, then those of its bases up to :class:`SiameseModule`, all keyword-only;
+    the base arguments take the values of the merged ``defaults`` (the most derived class wins)."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        defaults.update(vars(klass).get("defaults", {}))
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, SiameseModule):
+            for p in _own_parameters(vars(klass)["__init__"]):
+                params.setdefault(p.name, p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        if klass is SiameseModule:
+            break
+    unknown = sorted(set(defaults) - set(params))
+    if unknown:
+        raise TypeError(f"{cls.__name__}.defaults names no constructor argument: {unknown}")
+    resolved = [p.replace(default=defaults[n]) if n in defaults else p for n, p in params.items()]
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return inspect.Signature([self_param, *resolved], return_annotation=None)
+
+
+def _with_full_signature(cls: type, init: Callable) -> Callable:
+    """Wrap ``init`` so that a call binds to :func:`_full_signature` with its defaults applied; the
+    outermost class saves the complete argument set as the hyperparameters."""
+    signature = _full_signature(cls)
+
+    @functools.wraps(init)
+    def __init__(self: SiameseModule, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        init(self, **arguments)
+        if type(self) is cls:
+            # Under LightningCLI, Lightning's own record (the same arguments plus the class path that
+            # ``--ckpt_path`` needs) is in a context variable that save_hyperparameters() reads.
+            self.save_hyperparameters(*(() if _given_hyperparameters.get() is not None else (arguments,)))
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__annotations__ = {name: p.annotation for name, p in signature.parameters.items() if name != "self"}
+    return __init__
 
 
 class SiameseModule(L.LightningModule):
@@ -40,6 +109,7 @@ class SiameseModule(L.LightningModule):
         optimizer: ``lars`` (lightly), ``sgd``, ``adamw`` or ``adam``.
         lr: base learning rate at ``reference_batch_size``; scaled by the global batch with ``lr_scaling``.
         lr_scaling: ``linear`` (``lr * B / 256``), ``sqrt`` (``lr * sqrt(B / 256)``) or ``none``.
+        reference_batch_size: the batch size at which ``lr`` is given (256).
         batch_size: per-process batch size used for lr scaling; read from the data module when None.
         weight_decay, momentum, betas, trust_coefficient: optimiser settings.
         exclude_bias_and_norm: no weight decay and no LARS adaptation on biases and norm parameters.
@@ -57,16 +127,24 @@ class SiameseModule(L.LightningModule):
     #: how many views ``compute_loss`` accepts (``max_views=None``: no upper bound)
     min_views: int = 2
     max_views: Optional[int] = 2
+    #: the official recipe's values of base-class arguments (e.g. ``{"optimizer": "sgd", "lr": 0.5}``)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: the EMA teachers, if the method has any (set in the constructor)
+    ema: Optional[EMATeacher] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__init__ = _with_full_signature(cls, cls.__init__)  # type: ignore[method-assign]
 
     def __init__(
         self,
-        backbone: str = "resnet50",
+        backbone: Backbone = "resnet50",
         cifar_stem: bool = False,
         zero_init_residual: bool = True,
         backbone_kwargs: Optional[dict] = None,
-        optimizer: str = "lars",
+        optimizer: OptimizerName = "lars",
         lr: float = 0.3,
-        lr_scaling: str = "linear",
+        lr_scaling: LRScaling = "linear",
         reference_batch_size: int = 256,
         batch_size: Optional[int] = None,
         weight_decay: float = 1e-6,
@@ -87,7 +165,9 @@ class SiameseModule(L.LightningModule):
         if lr_scaling not in LR_SCALINGS:
             raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {lr_scaling!r}")
         if lr <= 0 or weight_decay < 0 or warmup_epochs < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0, warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}")
+            raise ValueError(
+                f"need lr > 0, weight_decay >= 0, warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}"
+            )
         self.backbone, self.feat_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, **(backbone_kwargs or {})
         )
@@ -100,7 +180,7 @@ class SiameseModule(L.LightningModule):
         self.batch_size = batch_size
         self.weight_decay = weight_decay
         self.momentum = momentum
-        self.betas = tuple(betas)
+        self.betas = (float(betas[0]), float(betas[1]))
         self.trust_coefficient = trust_coefficient
         self.exclude_bias_and_norm = exclude_bias_and_norm
         self.warmup_epochs = warmup_epochs
@@ -127,8 +207,11 @@ class SiameseModule(L.LightningModule):
     def on_after_optimizer_step(self, step: int) -> None:
         """Called after every optimiser step; ``step`` counts the optimiser steps done so far (1, 2, ...).
 
-        EMA teachers update here, so gradient accumulation counts optimiser steps, not batches.
+        The EMA teachers (``self.ema``) update here, so gradient accumulation counts optimiser steps.
         """
+        if self.ema is not None:
+            total = self.total_steps() if self.ema.schedule == "cosine" else step
+            self.log("train/ema_momentum", self.ema.update(self, step, total))
 
     def configure_model(self) -> None:
         """Compile every module of the backbone's type (the backbone and its EMA teachers) once."""
@@ -167,8 +250,12 @@ class SiameseModule(L.LightningModule):
             )
         n = len(views)
         if n < self.min_views or (self.max_views is not None and n > self.max_views):
-            wanted = f"{self.min_views}" if self.max_views == self.min_views else (
-                f"at least {self.min_views}" if self.max_views is None else f"{self.min_views}..{self.max_views}")
+            if self.max_views == self.min_views:
+                wanted = f"{self.min_views}"
+            elif self.max_views is None:
+                wanted = f"at least {self.min_views}"
+            else:
+                wanted = f"{self.min_views}..{self.max_views}"
             raise ValueError(
                 f"{type(self).__name__} needs {wanted} views per sample, but the view recipe gave {n}; "
                 f"pick a matching recipe (data.views)"
@@ -180,9 +267,9 @@ class SiameseModule(L.LightningModule):
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         raise FloatingPointError(
-            f"non-finite loss {float(loss.detach()):.4g} at global step {self.global_step} (epoch {self.current_epoch}, "
-            f"batch {batch_idx}); non-finite terms: {bad or ['loss']}; terms: {values}. "
-            f"Lower the learning rate, check the inputs, or use precision 32 to debug."
+            f"non-finite loss {float(loss.detach()):.4g} at global step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}); non-finite terms: {bad or ['loss']}; "
+            f"terms: {values}. Lower the learning rate, check the inputs, or use precision 32 to debug."
         )
 
     # ------------------------------------------------------------------ optimisation
@@ -228,24 +315,29 @@ class SiameseModule(L.LightningModule):
             return min(self.warmup_steps, total_steps)
         return self.epochs_to_steps(self.warmup_epochs)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
-        optimizer = build_optimizer(
-            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = partial(
+    def lr_factor(self, total_steps: int) -> Callable[[int], float]:
+        """The learning-rate schedule: optimiser step (0-indexed) -> multiplier of the scaled lr.
+
+        Linear warm-up then cosine (:func:`~mvssl_lightning.schedules.warmup_cosine_factor`); a method
+        with another schedule (AMDIM's step decay) overrides this hook.
+        """
+        return partial(
             warmup_cosine_factor,
-            total_steps=total,
-            warmup_steps=self._warmup_steps(total),
+            total_steps=total_steps,
+            warmup_steps=self._warmup_steps(total_steps),
             warmup_start_factor=self.warmup_start_factor,
             end_factor=self.min_lr_factor,
             cosine_over_total=self.cosine_over_total,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def configure_optimizers(self) -> Any:
+        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
+        optimizer = build_optimizer(
+            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor(self.total_steps()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def total_steps(self) -> int:
-        """Number of optimiser steps of the whole run (for EMA schedules)."""
+        """Number of optimiser steps of the whole run (for schedules)."""
         return max(int(self.trainer.estimated_stepping_batches), 1)
-

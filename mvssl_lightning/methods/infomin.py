@@ -2,7 +2,7 @@
 for Contrastive Learning?", NeurIPS 2020), following the official code ``HobbitLong/PyContrast``
 (``pycontrast/``, method preset ``InfoMin``: RGB, MoCo queue, MLP head, jigsaw, augmentation 'D',
 tau 0.15).  The paper's point is the *views* (the InfoMin augmentation,
-:mod:`mvssl_lightning.data.views_infomin`); the learner is MoCo v2 plus a PIRL-style jigsaw branch.
+:mod:`mvssl_lightning.data.views.infomin`); the learner is MoCo v2 plus a PIRL-style jigsaw branch.
 
 Algorithm (one training step; ``learning/contrast_trainer.py`` ``_train_moco``)::
 
@@ -20,7 +20,7 @@ backbone and head (BN buffers are the teacher's own); the teacher runs with BN i
 official ``model_ema.eval()`` + ``set_bn_train``: the same for a ResNet).  The patches go through the
 online backbone only, as one batch of ``9 B`` images (their own BN statistics).
 
-Official recipe (``options/``, ``learning/base_trainer.py``; methods.md §3): SGD, lr 0.03 at batch 256,
+Official recipe (``options/``, ``learning/base_trainer.py``): SGD, lr 0.03 at batch 256,
 momentum 0.9, weight decay 1e-4 on *all* parameters, cosine to lr * 1e-3, 100/200/800 epochs, batch
 256, DDP without SyncBN, queue 65,536.  The official code does not scale the lr with the batch (its
 README sets 0.06 by hand for 512); our default ``lr_scaling="linear"`` with reference 256 gives the
@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
 from torch import Tensor, nn
 
-from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.infonce import InfoNCEQueueLoss
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.methods.momentum import make_teacher, update_momentum
+from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
 from mvssl_lightning.methods.queue import KeyQueue
 from mvssl_lightning.methods.shuffle_bn import shuffled_key_forward
 
@@ -86,7 +86,7 @@ class InfoMin(SiameseModule):
     """MoCo-style InfoNCE with a queue, a momentum key encoder with shuffled BN, and a jigsaw branch.
 
     Views: ``[x1, x2]`` (two InfoMin-augmented crops), plus ``num_patches`` jigsaw patches when
-    ``jigsaw`` is on (recipe :func:`mvssl_lightning.data.views_infomin.infomin_views`).
+    ``jigsaw`` is on (recipe :func:`mvssl_lightning.data.views.infomin.infomin_views`).
 
     Args:
         proj_hidden_dim, proj_output_dim: head 2048-2048 (ReLU, no BN)-128 (official ``head='mlp'``).
@@ -102,8 +102,8 @@ class InfoMin(SiameseModule):
             single device to imitate 8 GPUs).
         gather_distributed: average the InfoNCE over the gathered global batch (same update as the
             official local average; see :mod:`mvssl_lightning.losses.infonce`).
-        zero_init_residual: off by default, as PyContrast's ResNet (``networks/resnet.py``) is built.
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule`.
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``;
+            ``zero_init_residual`` is off, as PyContrast's ResNet, ``networks/resnet.py``, is built).
 
     Logged: ``train/loss``, ``train/nce`` (``l(q)``), ``train/nce_jigsaw`` (``l(q_jig)``),
     ``train/pos_logit`` (mean ``<q, k>``), ``train/acc`` (and ``train/acc_jigsaw``): contrastive
@@ -113,9 +113,21 @@ class InfoMin(SiameseModule):
     min_views = 2
     max_views = 11
 
+    #: the official recipe (``options/``, ``learning/base_trainer.py``); PyContrast's ResNet has no
+    #: zero-initialised residuals
+    defaults = {
+        "zero_init_residual": False,
+        "optimizer": "sgd",
+        "lr": 0.03,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "exclude_bias_and_norm": False,
+        "warmup_epochs": 0.0,
+        "min_lr_factor": 1e-3,
+    }
+
     def __init__(
         self,
-        backbone: str = "resnet50",
         proj_hidden_dim: int = 2048,
         proj_output_dim: int = 128,
         temperature: float = 0.15,
@@ -128,29 +140,9 @@ class InfoMin(SiameseModule):
         shuffle_bn: bool = True,
         shuffle_bn_groups: int = 1,
         gather_distributed: bool = False,
-        optimizer: str = "sgd",
-        lr: float = 0.03,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        exclude_bias_and_norm: bool = False,
-        warmup_epochs: float = 0.0,
-        min_lr_factor: float = 1e-3,
-        zero_init_residual: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            zero_init_residual=zero_init_residual,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            exclude_bias_and_norm=exclude_bias_and_norm,
-            warmup_epochs=warmup_epochs,
-            min_lr_factor=min_lr_factor,
-            **kwargs,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= jigsaw_beta <= 1.0:
             raise ValueError(f"ema_momentum and jigsaw_beta must be in [0, 1], got {ema_momentum}, {jigsaw_beta}")
         if shuffle_bn_groups < 1 or num_patches < 1:
@@ -158,12 +150,14 @@ class InfoMin(SiameseModule):
         self.projector = MoCoProjectionHead(self.feat_dim, proj_hidden_dim, proj_output_dim)
         self.teacher_backbone = make_teacher(self.backbone)
         self.teacher_projector = make_teacher(self.projector)
+        self.ema = EMATeacher(
+            (("backbone", "teacher_backbone"), ("projector", "teacher_projector")), ema_momentum, schedule="constant"
+        )
         self.jigsaw_head = (
             JigsawHead(self.feat_dim, proj_hidden_dim, proj_output_dim, num_patches) if jigsaw else None
         )
         self.queue = KeyQueue(queue_size, proj_output_dim, seed=queue_seed)
         self.criterion = InfoNCEQueueLoss(temperature, gather_distributed)
-        self.ema_momentum = ema_momentum
         self.jigsaw = jigsaw
         self.jigsaw_beta = jigsaw_beta
         self.num_patches = num_patches
@@ -192,7 +186,3 @@ class InfoMin(SiameseModule):
             terms.update(nce_jigsaw=nce_jig.detach(), acc_jigsaw=stats_jig["acc"])
         self.queue.enqueue(k_all, gather=False)
         return loss, terms, h1
-
-    def on_after_optimizer_step(self, step: int) -> None:
-        update_momentum(self.backbone, self.teacher_backbone, self.ema_momentum)
-        update_momentum(self.projector, self.teacher_projector, self.ema_momentum)

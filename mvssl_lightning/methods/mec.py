@@ -21,7 +21,7 @@ mode (batch statistics), only parameters averaged.  Official recipe: SGD, lr 0.5
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightly.models.modules.heads import ProjectionHead
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mvssl_lightning.losses.mec import MECLoss, mec_lambda
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.methods.momentum import cosine_momentum, make_teacher, update_momentum
+from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
 
 
 def mec_projector(input_dim: int, hidden_dim: int = 2048, output_dim: int = 2048) -> ProjectionHead:
@@ -83,7 +83,7 @@ class MEC(SiameseModule):
         base_momentum, final_momentum: cosine EMA schedule (0.996 -> 1, per optimiser step).
         gather_distributed: compute the loss on the batch gathered from all processes with gradients
             (default True, as the official code); ``m`` is then the global batch.
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule`.
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``).
 
     Logs ``train/loss``, ``train/mec`` (``mu * mec``, the per-sample coding length the code logs),
     ``train/lambda_inv`` and ``train/ema_momentum``.
@@ -92,9 +92,21 @@ class MEC(SiameseModule):
     min_views = 2
     max_views = 2
 
+    #: the official recipe (``main_pretrain.py``); the rest are :class:`SiameseModule`'s defaults
+    defaults = {
+        "optimizer": "sgd",
+        "lr": 0.5,
+        "momentum": 0.9,
+        "weight_decay": 1e-5,
+        "exclude_bias_and_norm": False,
+        "warmup_epochs": 10.0,
+        "warmup_start_factor": 0.0,
+        "min_lr_factor": 0.0,
+        "cosine_over_total": False,
+    }
+
     def __init__(
         self,
-        backbone: str = "resnet50",
         proj_hidden_dim: int = 2048,
         proj_output_dim: int = 2048,
         pred_hidden_dim: int = 512,
@@ -102,35 +114,13 @@ class MEC(SiameseModule):
         order: int = 4,
         lambda_warmup_epochs: float = 10.0,
         lambda_warmup_factor: float = 8.0,
-        loss_scaling: str = "code",
+        loss_scaling: Literal["code", "paper_mu"] = "code",
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         gather_distributed: bool = True,
-        optimizer: str = "sgd",
-        lr: float = 0.5,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-5,
-        exclude_bias_and_norm: bool = False,
-        warmup_epochs: float = 10.0,
-        warmup_start_factor: float = 0.0,
-        min_lr_factor: float = 0.0,
-        cosine_over_total: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            exclude_bias_and_norm=exclude_bias_and_norm,
-            warmup_epochs=warmup_epochs,
-            warmup_start_factor=warmup_start_factor,
-            min_lr_factor=min_lr_factor,
-            cosine_over_total=cosine_over_total,
-            **kwargs,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         if eps_sq <= 0 or lambda_warmup_epochs < 0 or lambda_warmup_factor <= 0:
             raise ValueError(
                 f"need eps_sq > 0, lambda_warmup_epochs >= 0, lambda_warmup_factor > 0; "
@@ -140,14 +130,19 @@ class MEC(SiameseModule):
         self.predictor = mec_predictor(proj_output_dim, pred_hidden_dim)
         self.teacher_backbone = make_teacher(self.backbone)
         self.teacher_projector = make_teacher(self.projector)
+        # official order: iteration it (0-indexed) steps, then updates the teacher with m_it, it = step - 1
+        self.ema = EMATeacher(
+            (("backbone", "teacher_backbone"), ("projector", "teacher_projector")),
+            base_momentum,
+            final_momentum,
+            step_offset=-1,
+        )
         self.criterion = MECLoss(order, gather_distributed, loss_scaling)
         self.proj_output_dim = proj_output_dim
         self.eps_sq = eps_sq
         self.lambda_warmup_epochs = lambda_warmup_epochs
         self.lambda_warmup_factor = lambda_warmup_factor
         self.gather_distributed = gather_distributed
-        self.base_momentum = base_momentum
-        self.final_momentum = final_momentum
 
     # ------------------------------------------------------------------ lambda schedule
     def _lambda_warmup_steps(self) -> int:
@@ -173,10 +168,3 @@ class MEC(SiameseModule):
         loss, terms = self.criterion(p1, p2, z1, z2, lambda_inv)
         terms["lambda_inv"] = torch.tensor(lambda_inv, device=loss.device)
         return loss, terms, f1
-
-    def on_after_optimizer_step(self, step: int) -> None:
-        # official order: iteration it (0-indexed) steps, then updates the teacher with m_it, it = step - 1
-        momentum = cosine_momentum(step - 1, self.total_steps(), self.base_momentum, self.final_momentum)
-        update_momentum(self.backbone, self.teacher_backbone, momentum)
-        update_momentum(self.projector, self.teacher_projector, momentum)
-        self.log("train/ema_momentum", momentum)

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
-from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.losses.mveb import MVEBLoss
+from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.methods.momentum import cosine_momentum, make_teacher, update_momentum
+from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
 
 
 def mveb_projector(input_dim: int, hidden_dim: int = 2048, output_dim: int = 2048) -> ProjectionHead:
@@ -55,15 +55,25 @@ class MVEB(SiameseModule):
         base_momentum, final_momentum: cosine EMA schedule (0.996 -> 1, per optimiser step).
         gather_distributed: estimate the entropy on the batch gathered from all processes (the
             official code uses the per-GPU batch, so the default is False).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule`.
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``).
     """
 
     min_views = 2
     max_views = None
 
+    #: the official recipe (``configs/mveb.py``); the rest are :class:`SiameseModule`'s defaults
+    defaults = {
+        "optimizer": "lars",
+        "lr": 0.3,
+        "weight_decay": 1e-6,
+        "warmup_epochs": 10.0,
+        "warmup_start_factor": 1e-3,
+        "min_lr_factor": 1e-3,
+        "cosine_over_total": True,
+    }
+
     def __init__(
         self,
-        backbone: str = "resnet50",
         proj_hidden_dim: int = 2048,
         proj_output_dim: int = 2048,
         lambd: float = 0.01,
@@ -72,45 +82,23 @@ class MVEB(SiameseModule):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         gather_distributed: bool = False,
-        optimizer: str = "lars",
-        lr: float = 0.3,
-        weight_decay: float = 1e-6,
-        warmup_epochs: float = 10.0,
-        warmup_start_factor: float = 1e-3,
-        min_lr_factor: float = 1e-3,
-        cosine_over_total: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_start_factor=warmup_start_factor,
-            min_lr_factor=min_lr_factor,
-            cosine_over_total=cosine_over_total,
-            **kwargs,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.projector = mveb_projector(self.feat_dim, proj_hidden_dim, proj_output_dim)
         self.teacher_backbone = make_teacher(self.backbone)
         self.teacher_projector = make_teacher(self.projector)
+        # the official code updates with m_t at the start of iteration t, i.e. after t optimiser steps
+        self.ema = EMATeacher(
+            (("backbone", "teacher_backbone"), ("projector", "teacher_projector")), base_momentum, final_momentum
+        )
         self.criterion = MVEBLoss(lambd, eta, min_bandwidth, gather_distributed)
-        self.base_momentum = base_momentum
-        self.final_momentum = final_momentum
 
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
         online = [F.normalize(at_least_float32(self.projector(h)), dim=1) for h in features]
         with torch.no_grad():
-            targets = [F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1) for x in views[:2]]
+            teacher = [self.teacher_projector(self.teacher_backbone(x)) for x in views[:2]]
+            targets = [F.normalize(at_least_float32(t), dim=1) for t in teacher]
         loss, terms = self.criterion(online, targets)
         return loss, terms, features[0]
-
-    def on_after_optimizer_step(self, step: int) -> None:
-        # the official code updates with m_t at the start of iteration t, after t optimiser steps
-        momentum = cosine_momentum(step, self.total_steps(), self.base_momentum, self.final_momentum)
-        update_momentum(self.backbone, self.teacher_backbone, momentum)
-        update_momentum(self.projector, self.teacher_projector, momentum)
-        self.log("train/ema_momentum", momentum)

@@ -1,7 +1,7 @@
 """AMDIM's encoder (Bachman et al., NeurIPS 2019), as in the official ``amdim-public/model.py``.
 
 AMDIM does not use a ResNet-50: it has its own fully convolutional encoder whose receptive fields
-are tuned so that a 128 px image gives 7x7, 5x5 and 1x1 feature maps (methods.md §2).  With
+are tuned so that a 128 px image gives 7x7, 5x5 and 1x1 feature maps.  With
 ``w = ndf`` and ``d = depth``::
 
     128 px                                            32 px (``cifar_stem=True``)
@@ -36,7 +36,7 @@ as ``8 ndf = n_rkhs`` for ImageNet's 192 / 1536).
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ class StemConv(nn.Module):
     """``ReLU(conv(pad(x)))`` with bias and no BN (official ``Conv3x3`` with ``use_bn=False``)."""
 
     def __init__(self, n_in: int, n_out: int, kernel: int, stride: int = 1, pad: int = 0,
-                 pad_mode: str = "constant") -> None:
+                 pad_mode: Literal["constant", "reflect"] = "constant") -> None:
         super().__init__()
         self.pad, self.pad_mode = pad, pad_mode
         self.conv = nn.Conv2d(n_in, n_out, kernel, stride, 0, bias=True)
@@ -201,7 +201,8 @@ def build_amdim_encoder(
 
 def amdim_heads(encoder: Union[AMDIMEncoder, nn.Module], zero_init: bool = True) -> nn.ModuleDict:
     """The two heads ``{"r5": ..., "r7": ...}`` that map an encoder's raw maps to ``n_rkhs`` channels."""
+    c5, c7, n_rkhs, use_bn = (getattr(encoder, a) for a in ("channels_5", "channels_7", "n_rkhs", "use_bn"))
     return nn.ModuleDict({
-        "r5": AMDIMHead(encoder.channels_5, encoder.n_rkhs, encoder.use_bn, zero_init),
-        "r7": AMDIMHead(encoder.channels_7, encoder.n_rkhs, encoder.use_bn, zero_init),
+        "r5": AMDIMHead(int(c5), int(n_rkhs), bool(use_bn), zero_init),
+        "r7": AMDIMHead(int(c7), int(n_rkhs), bool(use_bn), zero_init),
     })

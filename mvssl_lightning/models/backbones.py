@@ -19,7 +19,7 @@ BACKBONES = (*RESNETS, "amdim")
 def build_backbone(name: str, **kwargs: Any) -> tuple[nn.Module, int]:
     """``name`` in :data:`BACKBONES`; ``kwargs`` go to the family's builder (e.g. ``cifar_stem``)."""
     if name in RESNETS:
-        return build_resnet(name, **kwargs)
+        return build_resnet(name, **kwargs)  # type: ignore[arg-type]  # checked: a key of RESNETS
     if name == "amdim":
         from mvssl_lightning.models.amdim import build_amdim_encoder
 

@@ -8,6 +8,8 @@ for a 3x3/stride-1 convolution, the usual choice for 32 px images (SimCLR append
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from torchvision import models
@@ -16,7 +18,9 @@ RESNETS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50":
 
 
 def build_resnet(
-    name: str = "resnet50", cifar_stem: bool = False, zero_init_residual: bool = True
+    name: Literal["resnet18", "resnet34", "resnet50"] = "resnet50",
+    cifar_stem: bool = False,
+    zero_init_residual: bool = True,
 ) -> tuple[nn.Module, int]:
     """Returns ``(backbone, feat_dim)`` for a randomly initialised torchvision ResNet."""
     if name not in RESNETS:

@@ -1,7 +1,7 @@
 """Photometric device steps with per-sample parameters: colour jitter, grayscale, Gaussian blur,
 solarisation and normalisation, on ``(B, 3, H, W)`` floats in ``[0, 1]``.
 
-Each mirrors one CPU transform of the recipes in ``data/views.py`` with the same parameter
+Each mirrors one CPU transform of the recipes in ``data/views/`` with the same parameter
 distributions:
 
 - :class:`DeviceColorJitter` = ``RandomApply([ColorJitter(b, c, s, h)], p)``: with probability
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -192,8 +192,13 @@ class DeviceGrayscale(DeviceStep):
         return f"{type(self).__name__}(p={self.p})"
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, radius: int, padding_mode: str = "replicate") -> Tensor:
-    """Separable Gaussian blur of each image with its own ``sigma (B,)``, kernel ``2 radius + 1``."""
+def gaussian_blur(
+    x: Tensor, sigma: Tensor, radius: int, padding_mode: Literal["replicate", "reflect"] = "replicate"
+) -> Tensor:
+    """Separable Gaussian blur of each image with its own ``sigma (B,)``, kernel ``2 radius + 1``.
+
+    ``padding_mode``: ``"replicate"`` (edges extended, as Pillow) or ``"reflect"`` (as torchvision).
+    """
     n, c, h, w = x.shape
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma.to(x.dtype).view(-1, 1)) ** 2)
@@ -223,7 +228,7 @@ class DeviceGaussianBlur(DeviceStep):
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.kernel_size = kernel_size
         self.radius = kernel_size // 2 if kernel_size else max(1, math.ceil(3 * self.sigmas[1]))
-        self.padding_mode = "reflect" if kernel_size else "replicate"
+        self.padding_mode: Literal["replicate", "reflect"] = "reflect" if kernel_size else "replicate"
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
         blur = torch.rand(n, generator=generator) < self.p

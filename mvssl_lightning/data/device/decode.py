@@ -65,7 +65,7 @@ def _decode_all(items: list[Tensor], device: torch.device) -> list[Tensor]:
             decoded = decode_jpeg([items[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # find the culprit with the CPU decoder for a clear message
             decoded = [_decode_cpu(items[i], i).to(device) for i in jpeg]
-        for i, img in zip(jpeg, decoded):
+        for i, img in zip(jpeg, decoded, strict=True):
             out[i] = img
     done = set(jpeg)
     for i, t in enumerate(items):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -124,7 +125,9 @@ def bicubic_upsampled_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int
         for c in range(4):
             row += wx[:, None, :, c, None] * hwc[b, rows[:, :, a, None], cols[:, None, :, c]].float()
         passes.append(row.add_(0.5).floor_().clamp_(0, 255) if is_u8 else row)
-    out = sum(wy[:, :, a, None, None] * passes[a] for a in range(4))
+    out = wy[:, :, 0, None, None] * passes[0]
+    for a in range(1, 4):
+        out = out + wy[:, :, a, None, None] * passes[a]
     if is_u8:
         out = out.add_(0.5).floor_().clamp_(0, 255) / 255.0
     return out.permute(0, 3, 1, 2).contiguous()
@@ -206,7 +209,7 @@ def _where_sample(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
 class DeviceFlip(DeviceStep):
     """Flip each image with probability ``p``: horizontal (``dim=-1``) or vertical (``dim=-2``)."""
 
-    def __init__(self, p: float = 0.5, dim: int = -1) -> None:
+    def __init__(self, p: float = 0.5, dim: Literal[-1, -2] = -1) -> None:
         self.p, self.dim = float(p), int(dim)
 
     def sample(self, n: int, generator: torch.Generator) -> Params:

@@ -1,12 +1,12 @@
 """InfoMin RandAugment on a batch, with per-sample random ops (the device form of ``InfoMinRandAugment``).
 
 Computes, for every image of ``x (B, 3, H, W)`` (floats in ``[0, 1]``) independently, what
-:class:`mvssl_lightning.data.views_infomin.InfoMinRandAugment` computes on one PIL image: for each of
+:class:`mvssl_lightning.data.views.infomin.InfoMinRandAugment` computes on one PIL image: for each of
 ``num_ops`` rounds an op chosen uniformly *with replacement* from ``ops``, applied with probability
 ``prob`` at magnitude ``level ~ N(magnitude, magnitude_std^2)`` clipped to ``[0, 10]``; signed ops
 are negated with p 0.5; geometric ops resample bilinear or bicubic with p 0.5 each and fill the
 area whose source lies outside the image with ``fill``.  The level -> argument maps are those of
-:func:`~mvssl_lightning.data.views_infomin.rand_augment_op` (official PyContrast
+:func:`~mvssl_lightning.data.views.infomin.rand_augment_op` (official PyContrast
 ``pycontrast/datasets/RandAugment.py``, Ross Wightman's RandAugment with magnitude noise,
 ``rand-n2-m10-mstd0.5``), with ``r = level / 10``.
 
@@ -48,6 +48,7 @@ float64), which can differ only for levels within float32 rounding of a step bou
 
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +56,14 @@ from torch import Tensor
 
 from mvssl_lightning.data.device.color import blend, grayscale
 from mvssl_lightning.data.device.step import DeviceStep, Params
-from mvssl_lightning.data.views_infomin import MAX_LEVEL, RAND_AUGMENT_OPS, InfoMinRandAugment
+from mvssl_lightning.data.randaugment_policy import MAX_LEVEL, RAND_AUGMENT_OPS, RandAugmentOp, RandAugmentPolicy
 
 __all__ = ["DeviceRandAugment", "GEOMETRIC_OPS", "SIGNED_OPS"]
 
 #: Ops that resample the image through an affine map (bilinear / bicubic, filled outside).
-GEOMETRIC_OPS: tuple[str, ...] = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+GEOMETRIC_OPS: tuple[RandAugmentOp, ...] = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 #: Ops whose argument is negated with p 0.5 (the geometric ones).
-SIGNED_OPS: tuple[str, ...] = GEOMETRIC_OPS
+SIGNED_OPS: tuple[RandAugmentOp, ...] = GEOMETRIC_OPS
 
 _CODE = {name: i for i, name in enumerate(RAND_AUGMENT_OPS)}
 
@@ -227,11 +228,12 @@ def _affine_pil(x: Tensor, a: Tensor, lin: Tensor, cub: Tensor, fill: Tensor) ->
 # ---------------------------------------------------------------------------------------------
 
 
-class DeviceRandAugment(DeviceStep, InfoMinRandAugment):
+class DeviceRandAugment(DeviceStep, RandAugmentPolicy):
     """Batched InfoMin RandAugment (``rand-n2-m10-mstd0.5``): see the module docstring.
 
-    Args and their checks are those of :class:`~mvssl_lightning.data.views_infomin.InfoMinRandAugment`
-    (inherited; only ``__call__`` differs: batched tensors instead of one PIL image).
+    Args and their checks are those of :class:`~mvssl_lightning.data.randaugment_policy.RandAugmentPolicy`
+    (shared with the PIL ``InfoMinRandAugment``; only ``__call__`` differs: batched tensors instead of
+    one PIL image).
 
     Parameters (:meth:`sample`), each ``(n, num_ops)``: ``op`` (int64 index into ``ops``),
     ``apply`` (bool, p ``prob``), ``level`` (float32, clipped normal), ``sign`` (float32 +-1, p 0.5
@@ -239,8 +241,13 @@ class DeviceRandAugment(DeviceStep, InfoMinRandAugment):
     """
 
     @classmethod
-    def from_cpu(cls, t: InfoMinRandAugment) -> "DeviceRandAugment":
-        """The device step with the settings of the PIL transform ``t``."""
+    def from_cpu(cls, t: Any) -> "DeviceRandAugment":
+        """The device step with the settings of a CPU RandAugment ``t``.
+
+        Reads ``t``'s public attributes ``num_ops``, ``magnitude``, ``magnitude_std``, ``prob``, ``ops``
+        and ``fill`` (those of any :class:`RandAugmentPolicy`, e.g. the PIL ``InfoMinRandAugment``,
+        which registers this function as its device compiler).
+        """
         return cls(t.num_ops, t.magnitude, t.magnitude_std, t.prob, t.ops, t.fill)
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
@@ -331,7 +338,3 @@ class DeviceRandAugment(DeviceStep, InfoMinRandAugment):
         if name == "Sharpness":
             return _blend(_smooth(x), x, factor)
         raise ValueError(f"unknown RandAugment op {name!r}")
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude}, "
-                f"magnitude_std={self.magnitude_std}, prob={self.prob}, ops={len(self.ops)})")

@@ -1,4 +1,4 @@
-"""AMDIM's views (official ``amdim-public/datasets.py``; methods.md §2).
+"""AMDIM's views (official code ``Philip-Bachman/amdim-public``, ``datasets.py``).
 
 Both recipes first flip the image horizontally with probability 1/2, **once** for the pair (so both
 views are flipped or neither), then augment each view independently:
@@ -12,28 +12,41 @@ views are flipped or neither), then augment each view independently:
   with p 0.8, ColorJitter(0.4, 0.4, 0.4, **0.2**) with p 0.8, grayscale p 0.25, CIFAR-10
   normalisation.  The official statistics (mean ``[125.3, 123.0, 113.9] / 255``, std
   ``[63.0, 62.1, 66.7] / 255``) equal the library's ``CIFAR10_NORMALIZE`` to 3 decimals, so the
-  default uses the latter and matches ``views.eval_view_cifar``.
+  default uses the latter and matches :func:`~mvssl_lightning.data.views.eval.eval_view_cifar`.
 
 Evaluation views: :class:`AMDIMEvalView` (bicubic Resize 146, CenterCrop 128, as the official test
 transform) and :class:`AMDIMEvalViewCifar` (ToTensor + Normalize).  They are classes so that YAML
 configs can name them with ``class_path``.
 
-The recipes return an :class:`AMDIMViews`: a lightly ``MultiViewTransform`` (``.transforms`` holds
-the per-view transform twice) with ``num_views = 2`` and the shared flip.  This module imports
-nothing from :mod:`mvssl_lightning.data.views`, so that module may import it at the top.
+The recipes return an :class:`AMDIMViews`: a :class:`~mvssl_lightning.data.views.base.MultiViewRecipe`
+(``.transforms`` holds the per-view transform twice, ``num_views = 2``) with the shared flip.
+
+Device compiler entries registered here (:mod:`mvssl_lightning.data.device.registry`):
+:class:`RandomTranslateWithReflect` inside ``RandomApply(p)`` -> ``DeviceTranslateReflect``, and the
+:class:`AMDIMViews` hook, which sets the device recipe's shared flip to ``hf_prob``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import cast
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from lightly.transforms.multi_view_transform import MultiViewTransform
 from PIL import Image
+
+from mvssl_lightning.data.device.geometry import DeviceTranslateReflect
+from mvssl_lightning.data.device.pipeline import DeviceViews
+from mvssl_lightning.data.device.registry import register_device_recipe, register_device_transform
+from mvssl_lightning.data.views.base import (
+    CIFAR10_NORMALIZE,
+    IMAGENET_NORMALIZE,
+    MultiViewRecipe,
+    Normalize,
+    to_tensor_normalize,
+)
 
 __all__ = [
     "AMDIMEvalView",
@@ -46,15 +59,13 @@ __all__ = [
     "amdim_views_cifar",
 ]
 
-#: ImageNet statistics of the official ``TransformsImageNet128``.
-AMDIM_IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-#: CIFAR-10 statistics (= ``views.CIFAR10_NORMALIZE``; the official values agree to 3 decimals).
-AMDIM_CIFAR10_NORMALIZE = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
-
-Normalize = Optional[dict]
+#: ImageNet statistics of the official ``TransformsImageNet128`` (the library's ``IMAGENET_NORMALIZE``).
+AMDIM_IMAGENET_NORMALIZE = IMAGENET_NORMALIZE
+#: CIFAR-10 statistics (the library's ``CIFAR10_NORMALIZE``; the official values agree to 3 decimals).
+AMDIM_CIFAR10_NORMALIZE = CIFAR10_NORMALIZE
 
 
-class AMDIMViews(MultiViewTransform):
+class AMDIMViews(MultiViewRecipe):
     """Two views of one image that share a horizontal flip, then augment independently.
 
     ``__call__(image)``: flip with probability ``hf_prob`` (decided once), then
@@ -62,18 +73,13 @@ class AMDIMViews(MultiViewTransform):
     """
 
     def __init__(self, view_transform: Callable, hf_prob: float = 0.5, name: str = "amdim") -> None:
-        super().__init__([view_transform, view_transform])
+        super().__init__([view_transform, view_transform], name=name)
         self.hf_prob = float(hf_prob)
-        self.name = name
-
-    @property
-    def num_views(self) -> int:
-        return len(self.transforms)
 
     def __call__(self, image: Image.Image | torch.Tensor) -> list[torch.Tensor]:
         if torch.rand(()).item() < self.hf_prob:
             image = TF.hflip(image)
-        return super().__call__(image)
+        return cast(list[torch.Tensor], super().__call__(image))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_views={self.num_views}, hf_prob={self.hf_prob})"
@@ -103,13 +109,6 @@ class RandomTranslateWithReflect:
         return f"{type(self).__name__}(max_translation={self.max_translation})"
 
 
-def _tail(normalize: Normalize) -> list[Callable]:
-    steps: list[Callable] = [T.ToTensor()]
-    if normalize:
-        steps.append(T.Normalize(mean=normalize["mean"], std=normalize["std"]))
-    return steps
-
-
 def _color(color_jitter: Sequence[float], cj_prob: float, gray: float) -> list[Callable]:
     b, c, s, h = (float(v) for v in color_jitter)
     return [T.RandomApply([T.ColorJitter(b, c, s, h)], p=cj_prob), T.RandomGrayscale(p=gray)]
@@ -133,7 +132,7 @@ def amdim_views(
         T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio),
                             interpolation=T.InterpolationMode.BICUBIC),
         *_color(color_jitter, cj_prob, gray),
-        *_tail(normalize),
+        *to_tensor_normalize(normalize),
     ])
     return AMDIMViews(view, hf_prob, name="amdim")
 
@@ -154,7 +153,7 @@ def amdim_views_cifar(
     view = T.Compose([
         T.RandomApply([RandomTranslateWithReflect(max_translation)], p=translate_prob),
         *_color(color_jitter, cj_prob, gray),
-        *_tail(normalize),
+        *to_tensor_normalize(normalize),
     ])
     return AMDIMViews(view, hf_prob, name="amdim_cifar")
 
@@ -166,7 +165,7 @@ class AMDIMEvalView(T.Compose):
         super().__init__([
             T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(size),
-            *_tail(normalize),
+            *to_tensor_normalize(normalize),
         ])
 
 
@@ -174,4 +173,18 @@ class AMDIMEvalViewCifar(T.Compose):
     """Official CIFAR test transform: ToTensor and Normalize (images stay 32 px)."""
 
     def __init__(self, normalize: Normalize = AMDIM_CIFAR10_NORMALIZE) -> None:
-        super().__init__(_tail(normalize))
+        super().__init__(to_tensor_normalize(normalize))
+
+
+# ----------------------------------------------------------------------------- device compiler entries
+def _device_translate(t: RandomTranslateWithReflect, p: float) -> DeviceTranslateReflect:
+    return DeviceTranslateReflect(t.max_translation, p)
+
+
+def _device_shared_flip(recipe: AMDIMViews, device_views: DeviceViews) -> DeviceViews:
+    device_views.shared_flip = recipe.hf_prob
+    return device_views
+
+
+register_device_transform(RandomTranslateWithReflect, _device_translate, in_random_apply=True)
+register_device_recipe(AMDIMViews, _device_shared_flip)

@@ -3,8 +3,8 @@
 Sources: Tian et al., "What Makes for Good Views for Contrastive Learning?", NeurIPS 2020 (§4.2, the
 "InfoMin Aug." of Table 4); official code ``HobbitLong/PyContrast``, ``pycontrast/datasets/util.py``
 (``build_transforms``, aug ``'D'``, ``JigsawCrop``) and ``pycontrast/datasets/RandAugment.py``
-(Ross Wightman's RandAugment with magnitude noise); methods.md §3.  Written from the description,
-with PIL ops; random numbers come from torch's generator (seeded per data-loader worker).
+(Ross Wightman's RandAugment with magnitude noise).  Written from the description, with PIL ops;
+random numbers come from torch's generator (seeded per data-loader worker).
 
 One InfoMin view (:func:`infomin_view`), in order:
 
@@ -23,6 +23,12 @@ the patches at random).
 Deviations from the official code: the blur runs through ``torchvision.transforms.GaussianBlur`` on
 uint8 images (official: float conv then ``ToPILImage``, which truncates instead of rounding; at most
 one grey level apart); torch's RNG instead of Python's ``random`` / numpy.
+
+The op list, level range and settings checks of the RandAugment live in
+:mod:`mvssl_lightning.data.randaugment_policy`, shared with the device form.  Device compiler entries
+registered here (:mod:`mvssl_lightning.data.device.registry`): :class:`InfoMinRandAugment` ->
+``DeviceRandAugment.from_cpu`` (built from its public settings), and the :class:`InfoMinViews` hook,
+which appends the jigsaw patches as a device view cut into ``grid**2`` patches.
 """
 
 from __future__ import annotations
@@ -35,9 +41,27 @@ import torchvision.transforms as T
 from PIL import Image, ImageEnhance, ImageOps
 from torch import Tensor
 
-from mvssl_lightning.data.views import CIFAR10_NORMALIZE, IMAGENET_NORMALIZE, MultiViewRecipe
+from mvssl_lightning.data.device.pipeline import DeviceViews
+from mvssl_lightning.data.device.randaugment import DeviceRandAugment
+from mvssl_lightning.data.device.recipe import compile_view
+from mvssl_lightning.data.device.registry import register_device_recipe, register_device_transform
+from mvssl_lightning.data.randaugment_policy import (
+    DEFAULT_FILL,
+    MAX_LEVEL,
+    RAND_AUGMENT_OPS,
+    RandAugmentOp,
+    RandAugmentPolicy,
+)
+from mvssl_lightning.data.views.base import (
+    CIFAR10_NORMALIZE,
+    IMAGENET_NORMALIZE,
+    MultiViewRecipe,
+    Normalize,
+    to_tensor_normalize,
+)
 
 __all__ = [
+    "MAX_LEVEL",
     "RAND_AUGMENT_OPS",
     "InfoMinRandAugment",
     "InfoMinViews",
@@ -47,17 +71,6 @@ __all__ = [
     "infomin_views_cifar",
     "rand_augment_op",
 ]
-
-Normalize = Optional[dict]
-
-#: The op list of the official RandAugment (``_RAND_TRANSFORMS``), chosen uniformly with replacement.
-RAND_AUGMENT_OPS: tuple[str, ...] = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeTpu", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
-)
-
-#: Magnitudes live in ``[0, MAX_LEVEL]``.
-MAX_LEVEL = 10.0
 
 _RESAMPLE = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 
@@ -78,10 +91,10 @@ def _solarize_add(img: Image.Image, add: int, threshold: int = 128) -> Image.Ima
 
 def rand_augment_op(
     img: Image.Image,
-    name: str,
+    name: RandAugmentOp,
     level: float,
-    fill: Sequence[int] = (124, 116, 104),
-    resample: int = Image.Resampling.BILINEAR,
+    fill: Sequence[int] = DEFAULT_FILL,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
     sign: float = 1.0,
 ) -> Image.Image:
     """Apply RandAugment op ``name`` at magnitude ``level`` in ``[0, 10]`` (official level -> argument maps).
@@ -135,7 +148,7 @@ def rand_augment_op(
     raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RAND_AUGMENT_OPS)}")
 
 
-class InfoMinRandAugment:
+class InfoMinRandAugment(RandAugmentPolicy):
     """The official InfoMin RandAugment (``rand_augment_transform('rand-n2-m10-mstd0.5')``).
 
     For each of ``num_ops`` rounds: pick an op uniformly *with replacement* from ``ops``; apply it
@@ -147,34 +160,11 @@ class InfoMinRandAugment:
     every chosen op applied, fixed magnitude, magnitude bins), so it is not used.  The official
     ``translate_const`` (100) only affects the absolute translate ops, which are not in the list; the
     relative ones move by up to 45 % of the image side, which scales with the image size.
+
+    Args and their checks: :class:`~mvssl_lightning.data.randaugment_policy.RandAugmentPolicy`.
     """
 
-    def __init__(
-        self,
-        num_ops: int = 2,
-        magnitude: float = 10.0,
-        magnitude_std: float = 0.5,
-        prob: float = 0.5,
-        ops: Sequence[str] = RAND_AUGMENT_OPS,
-        fill: Sequence[int] = (124, 116, 104),
-    ) -> None:
-        unknown = [op for op in ops if op not in RAND_AUGMENT_OPS]
-        if unknown or not ops:
-            raise ValueError(f"unknown or empty RandAugment ops {unknown or list(ops)}; valid: {RAND_AUGMENT_OPS}")
-        if num_ops < 0 or not 0.0 <= prob <= 1.0 or magnitude_std < 0:
-            raise ValueError(
-                f"need num_ops >= 0, 0 <= prob <= 1, magnitude_std >= 0; got {num_ops}, {prob}, {magnitude_std}"
-            )
-        self.num_ops = int(num_ops)
-        self.magnitude = float(magnitude)
-        self.magnitude_std = float(magnitude_std)
-        self.prob = float(prob)
-        self.ops = tuple(ops)
-        self.fill = tuple(int(v) for v in fill)
-        if len(self.fill) != 3:
-            raise ValueError(f"fill must be an RGB triple, got {self.fill}")
-
-    def _apply(self, img: Image.Image, name: str, level: float) -> Image.Image:
+    def _apply(self, img: Image.Image, name: RandAugmentOp, level: float) -> Image.Image:
         resample = _RESAMPLE[int(torch.randint(len(_RESAMPLE), ()))]
         sign = -1.0 if float(torch.rand(())) < 0.5 else 1.0
         return rand_augment_op(img, name, level, self.fill, resample, sign)
@@ -189,17 +179,6 @@ class InfoMinRandAugment:
                 level = float(torch.normal(torch.tensor(self.magnitude), self.magnitude_std))
             img = self._apply(img, name, min(MAX_LEVEL, max(0.0, level)))
         return img
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude}, "
-                f"magnitude_std={self.magnitude_std}, prob={self.prob}, ops={len(self.ops)})")
-
-
-def _to_tensor(normalize: Normalize) -> list[Callable]:
-    steps: list[Callable] = [T.ToTensor()]
-    if normalize:
-        steps.append(T.Normalize(mean=normalize["mean"], std=normalize["std"]))
-    return steps
 
 
 def _mean_pixel(normalize: Normalize) -> tuple[int, ...]:
@@ -240,7 +219,7 @@ def infomin_view(
     steps.append(InfoMinRandAugment(ra_num_ops, ra_magnitude, ra_magnitude_std, ra_prob,
                                     fill=ra_fill if ra_fill is not None else _mean_pixel(normalize)))
     steps.append(T.RandomGrayscale(gray))
-    return T.Compose(steps + _to_tensor(normalize))
+    return T.Compose(steps + to_tensor_normalize(normalize))
 
 
 class JigsawPatches:
@@ -266,7 +245,7 @@ class JigsawPatches:
         self.cell = size // grid
         self.patch_size = patch_size
         self.crop = T.Compose([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(hf_prob),
-                               *_to_tensor(normalize)])
+                               *to_tensor_normalize(normalize)])
 
     @property
     def num_patches(self) -> int:
@@ -297,7 +276,7 @@ class InfoMinViews(MultiViewRecipe):
     def num_views(self) -> int:
         return 2 + (self.jigsaw.num_patches if self.jigsaw is not None else 0)
 
-    def __call__(self, image: Image.Image) -> list[Tensor]:
+    def __call__(self, image: Image.Image) -> list[Tensor]:  # type: ignore[override]  # PIL images only
         views = [t(image) for t in self.transforms]
         if self.jigsaw is not None:
             views.extend(self.jigsaw(image))
@@ -353,3 +332,18 @@ def infomin_views_cifar(
     )
     recipe.name = "infomin_cifar"
     return recipe
+
+
+# ----------------------------------------------------------------------------- device compiler entries
+def _device_jigsaw(recipe: InfoMinViews, device_views: DeviceViews) -> DeviceViews:
+    """Append the jigsaw patches (if any): the jigsaw crop compiled as one view, cut into patches."""
+    jigsaw = recipe.jigsaw
+    if jigsaw is not None:
+        view = compile_view(jigsaw.crop)
+        view.jigsaw = (int(jigsaw.grid), int(jigsaw.cell), int(jigsaw.patch_size))
+        device_views.views.append(view)
+    return device_views
+
+
+register_device_transform(InfoMinRandAugment, DeviceRandAugment.from_cpu)
+register_device_recipe(InfoMinViews, _device_jigsaw)

@@ -1,4 +1,4 @@
-"""The per-method recipes of the learning-quality benchmark: the shipped ``configs/<method>_cifar10.yaml``.
+"""How each model of the learning-quality benchmark is built: methods from their configs, baselines from lightly.
 
 Each method is built from the ``model`` and ``data`` sections of its CIFAR-10 config, parsed and
 instantiated by jsonargparse with the same types ``mvssl fit`` uses (``SiameseModule`` subclasses,
@@ -16,6 +16,12 @@ change (:func:`adapt_config`):
   dataset;
 * warm-up: capped at 10 % of the run so that a short run is not all warm-up (at 200 epochs no shipped
   config is affected).
+
+Each baseline (:data:`BASELINES`: SimCLR, BYOL, Barlow Twins) is the lightly-built model of
+``benchmarks.lightly_models`` with its defaults, lightly's CIFAR-10 recipe (ResNet-18, CIFAR stem up to
+64 px, SGD 0.06 x batch / 128, cosine), trained on lightly's CIFAR-10 benchmark views
+``SimCLRTransform(input_size=<image side>, cj_strength=0.5, gaussian_blur=0.0)`` and evaluated with
+ToTensor + ImageNet normalisation at the native size (:func:`baseline_datamodule`).
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from typing import Any, Optional
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
+from lightly.transforms import SimCLRTransform
 
-from mvssl_lightning.data import MultiViewDataModule
-from mvssl_lightning.data.views import IMAGENET_NORMALIZE, VIEW_RECIPES, eval_view_cifar
+from benchmarks.lightly_models import LightlyBarlowTwins, LightlyBYOL, LightlyModel, LightlySimCLR
+from mvssl_lightning.data import IMAGENET_NORMALIZE, VIEW_RECIPES, MultiViewDataModule, eval_view_cifar
 from mvssl_lightning.methods.base import SiameseModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 #: benchmark name -> config file
 METHOD_CONFIGS: dict[str, str] = {
@@ -45,6 +52,13 @@ METHOD_CONFIGS: dict[str, str] = {
     "er_byol": "er_byol_cifar10.yaml",
     "er_dino": "er_dino_cifar10.yaml",
     "er_swav": "er_swav_cifar10.yaml",
+}
+
+#: benchmark name -> lightly-built baseline (its defaults are lightly's CIFAR-10 recipe)
+BASELINES: dict[str, type[LightlyModel]] = {
+    "simclr": LightlySimCLR,
+    "byol": LightlyBYOL,
+    "barlowtwins": LightlyBarlowTwins,
 }
 
 #: largest image side trained with the ResNet CIFAR stem (3x3 stride-1 conv, no max-pool)
@@ -85,7 +99,7 @@ def _resize_views(data: dict[str, Any], model_args: dict[str, Any], side: int) -
         size = 32 if side <= CIFAR_STEM_MAX_SIDE else 128
         data["views"], data["view_kwargs"] = "amdim", {"size": size}
         data["eval_transform"] = {
-            "class_path": "mvssl_lightning.data.views_amdim.AMDIMEvalView",
+            "class_path": "mvssl_lightning.data.views.AMDIMEvalView",
             "init_args": {"size": size, "resize": round(size * 146 / 128)},
         }
         model_args["cifar_stem"] = size == 32
@@ -146,4 +160,36 @@ def build_method(name: str, budget: Budget, seed: int = 0) -> tuple[SiameseModul
         "base_lr": args.get("lr"),
         "lr_scaling": args.get("lr_scaling", "linear"),
     }
+    return model, datamodule, info
+
+
+def baseline_datamodule(
+    dataset: str,
+    data_dir: Optional[str],
+    image_size: int,
+    batch_size: int,
+    num_workers: int,
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+) -> MultiViewDataModule:
+    """lightly's CIFAR-10 benchmark views at ``image_size`` px, eval = ToTensor + ImageNet normalisation."""
+    views = SimCLRTransform(input_size=image_size, cj_strength=0.5, gaussian_blur=0.0)
+    return MultiViewDataModule(
+        dataset=dataset, data_dir=data_dir, views=views, eval_transform=eval_view_cifar(normalize=IMAGENET_NORMALIZE),
+        batch_size=batch_size, num_workers=num_workers, train_subset=train_subset, test_subset=test_subset,
+    )
+
+
+def build_baseline(name: str, budget: Budget, seed: int = 0) -> tuple[LightlyModel, MultiViewDataModule, dict]:
+    """``(model, datamodule, recipe description)`` of baseline ``name`` under ``budget``."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; valid names: {', '.join(BASELINES)}")
+    L.seed_everything(seed, verbose=False)
+    cifar_stem = budget.image_size <= CIFAR_STEM_MAX_SIDE
+    model = BASELINES[name](cifar_stem=cifar_stem, batch_size=budget.batch_size, channels_last=True)
+    datamodule = baseline_datamodule(budget.dataset, budget.data_dir, budget.image_size, budget.batch_size,
+                                     budget.num_workers, budget.train_subset, budget.test_subset)
+    info = {"config": f"benchmarks/lightly_models.py:{type(model).__name__}", "model_class": type(model).__name__,
+            "views": "SimCLRTransform", "num_views": 2, "backbone": "resnet18", "cifar_stem": cifar_stem,
+            "optimizer": "sgd", "base_lr": 0.06, "lr_scaling": "linear (batch / 128)"}
     return model, datamodule, info

@@ -1,23 +1,24 @@
 """Learning quality of every method against lightly-built baselines, on the same budget.
 
-    python benchmarks/quality.py --data /work/shared/data/cifar10.npz --epochs 200 --batch-size 512
-    python benchmarks/quality.py --smoke          # embedded data, tiny subset, 1 epoch, CPU: minutes
-    python benchmarks/quality.py --render benchmarks/results/quality-cifar10-<device>.json  # redraw .md/.png
+    python -m benchmarks.quality --data ../shared/data/cifar10.npz --epochs 200 --batch-size 512
+    python -m benchmarks.quality --smoke          # embedded data, tiny subset, 1 epoch, CPU: minutes
+    python -m benchmarks.quality --render benchmarks/results/quality-cifar10-<device>.json  # redraw .md/.png
 
 Each method is built from its shipped ``configs/<method>_cifar10.yaml`` (model + view recipe; see
-``quality_recipes.py``), each baseline from lightly's CIFAR-10 recipe (``quality_baselines.py``), and
-all of them are trained by the same ``lightning.Trainer`` on the same data (the npz training split,
+``benchmarks/quality/recipes.py``), each baseline from lightly's CIFAR-10 recipe (``benchmarks/lightly_models.py``),
+and all of them are trained by the same ``lightning.Trainer`` on the same data (the npz training split,
 labels unused), with the same epochs, batch size, precision and ResNet-18 (CIFAR stem up to 64 px;
 AMDIM keeps its own encoder). After the final epoch one validation pass gives, on the test split:
 
 * kNN top-1 / top-5 (``OnlineKNN``: k = 200, T = 0.1, bank = train split with the eval transform);
 * the online linear probe's top-1 (``OnlineLinearProbe``, trained during pre-training);
-* the offline linear probe's top-1 (``quality_probe.py``: AdamW on the standardised frozen features
-  of the train split, 100 epochs);
-* the collapse check (``quality_features.py``: spread and effective rank of the test features);
+* the offline linear probe's top-1 (``probe.py``: AdamW on the standardised frozen features of the train
+  split, 100 epochs);
+* the collapse check (``features.py``: spread and effective rank of the test features);
 
-plus seconds per training epoch, peak memory, and the final loss. Results go to
-``benchmarks/results/quality-<dataset>[-<label>]-<device>.{json,md,png}``, rewritten after every model.
+plus seconds per training epoch and peak memory (``benchmarks/timing.py``), and the final loss. Results go
+to ``benchmarks/results/quality-<dataset>[-<label>]-<device>.{json,md,png}`` (``report.py``, ``chart.py``),
+rewritten after every model.
 """
 
 from __future__ import annotations
@@ -43,18 +44,16 @@ import lightly
 import lightning as L
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.quality_baselines import BASELINES, baseline_datamodule  # noqa: E402
-from benchmarks.quality_chart import write_chart  # noqa: E402
-from benchmarks.quality_features import FeatureCollector, feature_spread  # noqa: E402
-from benchmarks.quality_meter import EpochTimer, peak_memory_gib, reset_peak_memory  # noqa: E402
-from benchmarks.quality_probe import linear_probe  # noqa: E402
-from benchmarks.quality_recipes import CIFAR_STEM_MAX_SIDE, METHOD_CONFIGS, Budget, build_method  # noqa: E402
-from benchmarks.quality_report import markdown  # noqa: E402
-from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe  # noqa: E402
-from mvssl_lightning.data.datasets import build_dataset, peek_num_classes  # noqa: E402
+from benchmarks.quality.chart import write_chart
+from benchmarks.quality.features import FeatureCollector, feature_spread
+from benchmarks.quality.probe import linear_probe
+from benchmarks.quality.recipes import BASELINES, METHOD_CONFIGS, Budget, build_baseline, build_method
+from benchmarks.quality.report import markdown
+from benchmarks.timing import TrainingTimer, peak_memory_gib, reset_peak_memory
+from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
+from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
 
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 KNN_K, KNN_T = 200, 0.1
 PROBE_EPOCHS = 100
@@ -83,7 +82,8 @@ def _names(value: str, valid: Sequence[str], what: str) -> list[str]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and validate the command line (``--smoke`` fills every option not given)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="an npz file in the project's layout, or 'default' (the embedded "
                         "CIFAR-10 subset, 5000 train / 1000 test)")
     parser.add_argument("--methods", default=",".join(METHOD_CONFIGS), help=f"from {', '.join(METHOD_CONFIGS)}")
@@ -120,7 +120,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not args.methods and not args.baselines:
         parser.error("nothing to run: --methods and --baselines are both empty")
     if args.data != "default" and not Path(args.data).expanduser().is_file():
-        parser.error(f"--data: npz file not found: {args.data} (give an .npz file in the project's layout, or 'default')")
+        parser.error(f"--data: npz file not found: {args.data} "
+                     "(give an .npz file in the project's layout, or 'default')")
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be >= 1")
     return args
@@ -134,7 +135,9 @@ def _device(accelerator: str) -> torch.device:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 def _slug(text: str) -> str:
@@ -160,17 +163,18 @@ def _data_facts(args: argparse.Namespace) -> dict[str, Any]:
     if n_train < args.batch_size:
         raise SystemExit(f"the training split has {n_train} images, fewer than --batch-size {args.batch_size}")
     num_classes = peek_num_classes(dataset, data_dir) or int(max(int(train.targets.max()), int(test.targets.max())) + 1)
-    return {"dataset": dataset, "data_dir": data_dir, "name": "default" if dataset == "default" else Path(args.data).stem,
-            "image_size": int(min(image.size)), "num_classes": num_classes, "train_size": n_train, "test_size": n_test}
+    name = "default" if dataset == "default" else Path(args.data).stem
+    return {"dataset": dataset, "data_dir": data_dir, "name": name, "image_size": int(min(image.size)),
+            "num_classes": num_classes, "train_size": n_train, "test_size": n_test}
 
 
 # ---------------------------------------------------------------------------------------- one model
 def train_and_evaluate(model: L.LightningModule, datamodule: L.LightningDataModule, args: argparse.Namespace,
                        device: torch.device, num_classes: int) -> dict[str, Any]:
     """Fit ``model`` for ``args.epochs`` epochs, validate once at the end, and measure it."""
-    timer, collector = EpochTimer(), FeatureCollector()
-    callbacks = [OnlineLinearProbe(num_classes=num_classes), OnlineKNN(k=KNN_K, temperature=KNN_T, num_classes=num_classes),
-                 timer, collector]
+    timer, collector = TrainingTimer(), FeatureCollector()
+    callbacks = [OnlineLinearProbe(num_classes=num_classes),
+                 OnlineKNN(k=KNN_K, temperature=KNN_T, num_classes=num_classes), timer, collector]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
             accelerator=device.type, devices=1, precision=args.precision, max_epochs=args.epochs,
@@ -189,6 +193,7 @@ def train_and_evaluate(model: L.LightningModule, datamodule: L.LightningDataModu
     probe = linear_probe(train_f.to(device), train_y.to(device), test_f.to(device), test_y.to(device), num_classes,
                          epochs=args.probe_epochs, seed=args.seed)
     epochs_s = timer.train_epoch_s
+    lr = float(trainer.optimizers[0].param_groups[0].get("initial_lr", math.nan)) if trainer.optimizers else math.nan
     return {
         "knn_top1": metrics.get("knn/top1", math.nan), "knn_top5": metrics.get("knn/top5", math.nan),
         "online_probe_top1": metrics.get("probe/val_top1", math.nan),
@@ -199,7 +204,7 @@ def train_and_evaluate(model: L.LightningModule, datamodule: L.LightningDataModu
         "first_epoch_s": epochs_s[0] if epochs_s else math.nan, "train_s_total": sum(epochs_s),
         "final_val_s": timer.val_epoch_s[-1] if timer.val_epoch_s else math.nan, "fit_s": fit_s,
         "peak_memory_gib": peak, "peak_memory_measure": peak_what,
-        "lr": float(trainer.optimizers[0].param_groups[0].get("initial_lr", math.nan)) if trainer.optimizers else math.nan,
+        "lr": lr,
     }
 
 
@@ -214,15 +219,8 @@ def _build(name: str, kind: str, budget: Budget, args: argparse.Namespace):
     if kind == "method":
         model, datamodule, info = build_method(name, budget, seed=args.seed)
         return model, datamodule, {"label": METHOD_LABELS[name], **info}
-    L.seed_everything(args.seed, verbose=False)
-    cifar_stem = budget.image_size <= CIFAR_STEM_MAX_SIDE
-    model = BASELINES[name](cifar_stem=cifar_stem, batch_size=budget.batch_size, channels_last=True)
-    datamodule = baseline_datamodule(budget.dataset, budget.data_dir, budget.image_size, budget.batch_size,
-                                     budget.num_workers, budget.train_subset, budget.test_subset)
-    info = {"label": BASELINE_LABELS[name], "config": f"benchmarks/quality_baselines.py:{type(model).__name__}",
-            "model_class": type(model).__name__, "views": "SimCLRTransform", "num_views": 2, "backbone": "resnet18",
-            "cifar_stem": cifar_stem, "optimizer": "sgd", "base_lr": 0.06, "lr_scaling": "linear (batch / 128)"}
-    return model, datamodule, info
+    model, datamodule, info = build_baseline(name, budget, seed=args.seed)
+    return model, datamodule, {"label": BASELINE_LABELS[name], **info}
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -251,10 +249,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")
     facts = _data_facts(args)
     budget = Budget(dataset=facts["dataset"], data_dir=facts["data_dir"], image_size=facts["image_size"],
-                    epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=facts["train_size"] // args.batch_size,
-                    num_workers=args.num_workers, train_subset=args.train_subset, test_subset=args.test_subset)
+                    epochs=args.epochs, batch_size=args.batch_size,
+                    steps_per_epoch=facts["train_size"] // args.batch_size, num_workers=args.num_workers,
+                    train_subset=args.train_subset, test_subset=args.test_subset)
     results: dict[str, Any] = {
-        "benchmark": "learning quality", "dataset": facts["name"], "data": args.data if args.data == "default" else facts["data_dir"],
+        "benchmark": "learning quality", "dataset": facts["name"],
+        "data": args.data if args.data == "default" else facts["data_dir"],
         "image_size": facts["image_size"], "num_classes": facts["num_classes"], "chance": 1 / facts["num_classes"],
         "train_size": facts["train_size"], "test_size": facts["test_size"], "epochs": args.epochs,
         "batch_size": args.batch_size, "steps_per_epoch": budget.steps_per_epoch, "precision": args.precision,
@@ -266,14 +266,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "features": "standardised frozen backbone features, train split (eval transform)"},
         "torch": torch.__version__, "lightning": L.__version__, "lightly": lightly.__version__,
         "python": platform.python_version(),
-        "command": " ".join(["python", "benchmarks/quality.py", *map(shlex.quote, args.argv)]),
+        "command": " ".join(["python", "-m", "benchmarks.quality", *map(shlex.quote, args.argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "rows": [],
     }
     for kind, names in (("method", args.methods), ("baseline", args.baselines)):
         for name in names:
-            print(f"[quality] {kind} {name}: training {args.epochs} epoch(s) on {facts['train_size']} images", flush=True)
+            print(f"[quality] {kind} {name}: training {args.epochs} epoch(s) on {facts['train_size']} images",
+                  flush=True)
             row: dict[str, Any] = {"name": name, "kind": kind}
             try:
                 model, datamodule, info = build(name, kind, budget, args, device)
@@ -291,7 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             write_outputs(results, args.out_dir)
             if "error" not in row:
                 print(f"[quality] {name}: kNN {row['knn_top1']:.3f}  online probe {row['online_probe_top1']:.3f}  "
-                      f"offline probe {row['offline_probe_top1']:.3f}  {row['train_s_per_epoch']:.1f} s/epoch", flush=True)
+                      f"offline probe {row['offline_probe_top1']:.3f}  {row['train_s_per_epoch']:.1f} s/epoch",
+                      flush=True)
     return results
 
 

@@ -1,4 +1,4 @@
-"""The markdown table of a learning-quality results dict (``benchmarks/quality.py``)."""
+"""The markdown table of a learning-quality results dict (``python -m benchmarks.quality``)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def markdown(results: dict[str, Any], chart: Optional[str] = None) -> str:
         "features (0 = collapsed). s/epoch: median training epoch (data loading, step and online probe; no "
         "validation).",
         "",
-        "| model | views | kNN top-1 | online probe | offline probe | std x sqrt(d) | eff. rank | collapsed | s/epoch | peak GiB |",
+        "| model | views | kNN top-1 | online probe | offline probe | std x sqrt(d) | eff. rank | collapsed | s/epoch "
+        "| peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
@@ -48,8 +49,9 @@ def markdown(results: dict[str, Any], chart: Optional[str] = None) -> str:
             lines.append(f"| {_who(row)} | | failed: {row['error'][:120].replace('|', '/')} | | | | | | | |")
             continue
         lines.append(
-            f"| {_who(row)} | {row.get('num_views', '?')} | {_pct(row['knn_top1'])} | {_pct(row['online_probe_top1'])} | "
-            f"{_pct(row['offline_probe_top1'])} | {_num(row['std_x_sqrt_d'], '.3f')} | {_num(row['effective_rank'], '.1f')} | "
+            f"| {_who(row)} | {row.get('num_views', '?')} | {_pct(row['knn_top1'])} | "
+            f"{_pct(row['online_probe_top1'])} | {_pct(row['offline_probe_top1'])} | "
+            f"{_num(row['std_x_sqrt_d'], '.3f')} | {_num(row['effective_rank'], '.1f')} | "
             f"{'**yes**' if row['collapsed'] else 'no'} | {_num(row['train_s_per_epoch'], '.1f')} | "
             f"{_num(row['peak_memory_gib'], '.2f')} |"
         )

@@ -35,7 +35,8 @@ def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _top1(head: nn.Module, x: Tensor, y: Tensor, batch_size: int = 8192) -> float:
-    correct = sum(int((head(xb).argmax(dim=1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    batches = zip(x.split(batch_size), y.split(batch_size), strict=True)
+    correct = sum(int((head(xb).argmax(dim=1) == yb).sum()) for xb, yb in batches)
     return correct / max(len(y), 1)
 
 

@@ -1,0 +1,67 @@
+"""ER-SimCLR: SimCLR's network, InfoNCE replaced by the ER objective on the sphere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from lightly.models.modules.heads import SimCLRProjectionHead
+from torch import Tensor
+
+from mvssl_lightning.losses.er import ERSphereLoss, Reduction, mean_of_terms
+from mvssl_lightning.losses.precision import at_least_float32
+from mvssl_lightning.methods.base import SiameseModule
+
+__all__ = ["ERSimCLR"]
+
+
+class ERSimCLR(SiameseModule):
+    """ER-SimCLR: both branches online, no EMA.
+
+    Algorithm (one step)::
+
+        z_v = normalize(g(f(x_v))),  v = 1, 2                       # SimCLR projector, both online
+        R   = [R_vMF(z_1, z_2) + R_vMF(z_2, z_1)] / 2                # = mean_b[-kappa z_1.z_2] - log C_d
+        H   = [H_KDE(z_1) + H_KDE(z_2)] / 2                          # vMF-KDE, per branch
+        L   = w_rec R - w_ent H
+
+    Rationale (UNVERIFIED, see :mod:`mvssl_lightning.methods.er`): InfoNCE is a vMF reconstruction
+    plus a KDE entropy estimated across the two views; ER-SimCLR estimates ``H(Z)`` of each branch on
+    its own batch, both branches receive gradients, no EMA.  ``kappa = 10`` is the official
+    estimators' default (= 1 / SimCLR's temperature 0.1).
+
+    Args:
+        proj_hidden_dim, proj_output_dim, proj_num_layers: lightly ``SimCLRProjectionHead`` (BN).
+        kappa: vMF concentration of both estimators.
+        entropy_weight, reconstruction_weight: ``w_ent``, ``w_rec``.
+        reduction: sphere-entropy reduction (``"expectation"``, official default, or ``"average"``).
+        official_constant: reproduce the official ``log(iv + 1e-7)`` constant (value only).
+        gather_distributed: estimate the entropy on the batch of all processes (official: False).
+        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.3, wd 1e-6).
+    """
+
+    def __init__(
+        self,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_num_layers: int = 2,
+        kappa: float = 10.0,
+        entropy_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        reduction: Reduction = "expectation",
+        official_constant: bool = False,
+        gather_distributed: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.projector = SimCLRProjectionHead(self.feat_dim, proj_hidden_dim, proj_output_dim, proj_num_layers)
+        self.criterion = ERSphereLoss(
+            kappa, entropy_weight, reduction, official_constant, gather_distributed, reconstruction_weight
+        )
+
+    def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        h1, h2 = (self.backbone(x) for x in views)
+        z1, z2 = (F.normalize(at_least_float32(self.projector(h)), dim=1) for h in (h1, h2))
+        loss, terms = mean_of_terms([self.criterion(z1, z2), self.criterion(z2, z1)])
+        terms["cosine"] = (z1 * z2).sum(dim=1).mean().detach()
+        return loss, terms, h1

@@ -1,0 +1,108 @@
+"""Import structure of ``mvssl_lightning.data``: every module imports in a fresh interpreter, the module
+import graph (read with ``ast``, function-level imports included) is acyclic, and nothing under
+``data/device/`` imports the view recipes."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = "mvssl_lightning.data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "mvssl_lightning" / "data"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(DATA_DIR.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``name`` imports anywhere in its body (``from A import b`` -> ``A.b``
+    when that is a module, else ``A``)."""
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                out.add(sub if sub in known else base)
+    return {m for m in out if m in known}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) - {name} for name, path in modules.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as a list of modules (first == last), or ``[]``."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_the_graph_reader_sees_views_device_and_a_cycle():
+    graph = _graph()
+    assert {f"{PACKAGE}.views", f"{PACKAGE}.views.infomin", f"{PACKAGE}.device.recipe"} <= set(graph)
+    assert f"{PACKAGE}.views.base" in graph[f"{PACKAGE}.views.infomin"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_data_import_graph_is_acyclic():
+    cycle = _find_cycle(_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_device_never_imports_the_view_recipes():
+    graph = _graph()
+    offenders = {
+        module: sorted(m for m in targets if m == PACKAGE or m.startswith(f"{PACKAGE}.views"))
+        for module, targets in graph.items()
+        if module.startswith(f"{PACKAGE}.device")
+    }
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_every_data_module_imports_in_a_fresh_interpreter():
+    names = sorted(_modules())
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\nprint('ok')"
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
