@@ -2,15 +2,16 @@
 (``gpu_views``: workers read bytes, batched decode + augmentation on the accelerator).
 
     python -m benchmarks.pipeline                        # on a GPU machine: 224 px and 32 px, all workers
-    python -m benchmarks.pipeline --preset cpu-small     # a small CPU configuration
+    python -m benchmarks.pipeline --preset cpu-small     # a small CPU configuration (cpu-tiny: a plumbing check)
+    python -m benchmarks.pipeline --cases 32px-two_views_cifar --images 16384   # one case
 
 Data: JPEG bytes in the npz layout.  ``--data`` (default: ``../shared/data/cifar10.npz`` when present,
-else the embedded subset) gives the 32 px images; the 224 px case re-encodes them as
+else the embedded subset; ``default``: the embedded subset) gives the 32 px images; the 224 px case re-encodes them as
 ``--photo-size`` px JPEGs (quality 90, bicubic upscale), a stand-in for ImageNet photos.  Each case
 runs the same ``MultiViewDataModule`` twice, ``gpu_views`` false and true, and counts images/s
 through the loader **and** the view construction (``on_after_batch_transfer``), synchronised, after
 ``--warmup`` batches.  Nothing trains: this is the bound the data pipeline puts on a training step.
-Writes ``benchmarks/results/pipeline-<device>.json`` and ``.md``.
+Writes ``pipeline-<device>.json`` and ``.md`` to ``--out`` (default ``benchmarks/results/``), after every case.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ CASES = {
 PRESETS = {
     "gpu": dict(cases=list(CASES), images=8192, warmup=3),
     "cpu-small": dict(cases=["224px-two_views", "32px-two_views_cifar"], images=256, warmup=1, batch_size=64),
+    # the plumbing check of benchmarks.gpu_check --cpu-smoke
+    "cpu-tiny": dict(cases=["224px-two_views", "32px-two_views_cifar"], images=16, warmup=1, batch_size=8),
 }
 
 
@@ -100,12 +103,16 @@ def measure(data: Path, recipe: str, view_kwargs: dict, batch_size: int, workers
             "num_views": len(views)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by ``benchmarks.gpu_check``'s tests to check its command lines)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     default_preset = "gpu" if torch.cuda.is_available() else "cpu-small"
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
-    parser.add_argument("--data", type=Path, default=SHARED_CIFAR if SHARED_CIFAR.is_file() else None)
+    parser.add_argument("--data", default=SHARED_CIFAR if SHARED_CIFAR.is_file() else None,
+                        help="an npz file, or 'default' (the embedded CIFAR-10 subset)")
+    parser.add_argument("--cases", default=None, help=f"comma-separated, from {', '.join(CASES)} "
+                        "(default: the preset's)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--images", type=int, default=None, help="images timed per configuration")
     parser.add_argument("--photo-size", type=int, default=320, help="side of the re-encoded 'photo' JPEGs")
@@ -113,17 +120,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--note", default="", help="a remark written under the table (machine load...)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads of the main process (default: torch's choice)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = args.data or embedded_default_path()
+    data = Path(args.data) if args.data not in (None, "default") else embedded_default_path()
+    cases = [c for c in args.cases.split(",") if c] if args.cases else preset["cases"]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; valid: {', '.join(CASES)}")
     n_images = args.images or preset["images"]
-    rows = []
+    rows: list[dict] = []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    result = {
+        "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
+        "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
+        "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "note": args.note, "rows": rows,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         photos = None
-        for case in preset["cases"]:
+        for case in cases:
             side, recipe, view_kwargs, batch_size = CASES[case]
             batch_size = preset.get("batch_size", batch_size)
             if side > 32 and photos is None:
@@ -139,13 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(case, path_name, f"{row[path_name]['images_per_s']:.0f} images/s", flush=True)
             row["speedup"] = row["device_path"]["images_per_s"] / row["cpu_path"]["images_per_s"]
             rows.append(row)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
-    result = {
-        "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
-        "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
-        "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "note": args.note, "rows": rows,
-    }
+            write(result, args.out)  # after every case: a run stopped half-way keeps what it measured
     write(result, args.out)
     return result
 

@@ -2,14 +2,23 @@
 
     python -m benchmarks.throughput                       # GPU: R50/224/256 and R18-CIFAR/32/512, eager + compiled
     python -m benchmarks.throughput --preset cpu-small    # a CPU smoke configuration
+    python -m benchmarks.throughput --preset gpu-r50 --compile compiled --methods mveb,mec --peers lightly_byol
 
 Every candidate is a LightningModule trained by the same ``lightning.Trainer`` on the same synthetic,
 device-resident 2-view batches (so the data pipeline is out of the picture), with SGD for everyone.
 After ``--warmup`` steps, ``--steps`` steps are timed (synchronised; ``benchmarks.timing``) and the peak
 memory recorded. Ratios are taken within one run: each method against the bare backbone (forward +
 backward + optimiser step on the same views) and against its closest lightly-built peer
-(``benchmarks.lightly_models``: BYOL for teacher methods, SimCLR otherwise).  Writes
-``benchmarks/results/throughput-<device>.json`` and ``.md``.
+(``benchmarks.lightly_models``: BYOL for teacher methods, SimCLR otherwise).  With ``--multicrop`` MVEB
+is also timed on its multi-crop views (2 globals + 6 locals of 96 px at 224 px, of half the side otherwise)
+against the bare backbone on the same 8 views (row ``mveb`` with ``views`` 8; no lightly peer: it has 2
+views). AMDIM runs its own encoder, so it has no ResNet bound and is not timed here.
+
+Presets: ``gpu`` (both GPU settings), ``gpu-r50`` and ``gpu-cifar`` (one each), ``cpu-small`` and
+``cpu-tiny`` (ResNet-18 at 16 px, batch 4: the plumbing check of ``benchmarks.gpu_check --cpu-smoke``).
+``--methods`` and ``--peers`` pick the models (the bare backbone is always timed: every ratio needs it).
+Writes ``throughput-<device>.json`` and ``.md`` to ``--out`` (default ``benchmarks/results/``), rewritten
+after every model, so a run stopped half-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
@@ -37,7 +48,11 @@ METHODS = {
     "infomin": (lambda **kw: methods.InfoMin(jigsaw=False, **_SGD, **kw), "lightly_byol", True),
     "er_simclr": (lambda **kw: methods.ERSimCLR(**_SGD, **kw), "lightly_simclr", False),
     "er_byol": (lambda **kw: methods.ERBYOL(**_SGD, **kw), "lightly_byol", True),
+    "er_dino": (lambda **kw: methods.ERDINO(**_SGD, **kw), "lightly_byol", True),
+    "er_swav": (lambda **kw: methods.ERSwAV(**_SGD, **kw), "lightly_simclr", False),
 }
+#: the methods whose multi-crop recipe ``--multicrop`` times: name -> (globals, locals)
+MULTICROP = {"mveb": (2, 6)}
 # the peers: SGD lr 0.1 (momentum 0.9, weight decay 1e-6, no schedule) as the methods above; SimCLR with
 # lightly's default head (hidden = feature dimension), BYOL with lightly's example head 4096-256 and an
 # EMA of 0.99 -> 1 on a cosine
@@ -51,8 +66,16 @@ PEERS = {
 # AMDIM runs its own encoder at 128 px, so it has no ResNet bound to compare with here.
 PRESETS = {
     "gpu": [("resnet50", False, 224, 256), ("resnet18", True, 32, 512)],
+    "gpu-r50": [("resnet50", False, 224, 256)],
+    "gpu-cifar": [("resnet18", True, 32, 512)],
     "cpu-small": [("resnet18", False, 32, 32)],
+    "cpu-tiny": [("resnet18", False, 16, 4)],
 }
+
+
+def local_size(size: int) -> int:
+    """Side of the multi-crop local views: 96 px at 224 px (MVEB's recipe), half the side otherwise."""
+    return 96 if size == 224 else max(size // 2, 8)
 
 
 class _SameBatch(torch.utils.data.IterableDataset):
@@ -79,70 +102,110 @@ def measure(module: L.LightningModule, batch, device: str, precision: str, warmu
     return result
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = "cuda" if torch.cuda.is_available() and args.preset == "gpu" else "cpu"
+def _views(n_global: int, n_local: int, size: int, batch_size: int, device: str) -> list[torch.Tensor]:
+    return [torch.randn(batch_size, 3, size, size, device=device) for _ in range(n_global)] + [
+        torch.randn(batch_size, 3, local_size(size), local_size(size), device=device) for _ in range(n_local)]
+
+
+def run(args: argparse.Namespace, on_row=None) -> dict:
+    """Time every requested model; ``on_row(results)`` is called after each one (results so far)."""
+    device = "cuda" if torch.cuda.is_available() and args.preset.startswith("gpu") else "cpu"
     precision = "bf16-mixed" if device == "cuda" else "32-true"
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{platform.machine()}"
     names = [m for m in args.methods.split(",") if m]
-    rows = []
+    peers = ["bare_backbone", *[p for p in args.peers.split(",") if p and p != "bare_backbone"]]
+    unknown = [n for n in names if n not in METHODS] + [p for p in peers if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}; "
+                         f"peers: {', '.join(PEERS)}")
+    command = " ".join(["python", "-m", "benchmarks.throughput", *args.argv])
+    results = {"device": device_name, "precision": precision, "torch": torch.__version__, "command": command,
+               "rows": []}
     for backbone, cifar_stem, size, batch_size in PRESETS[args.preset]:
         batch_size = args.batch_size or batch_size
-        views = [torch.randn(batch_size, 3, size, size, device=device) for _ in range(2)]
-        batch = (views, torch.zeros(batch_size, dtype=torch.long, device=device))
+        targets = torch.zeros(batch_size, dtype=torch.long, device=device)
+        two_views = (_views(2, 0, size, batch_size, device), targets)
         for compiled in ([False, True] if args.compile == "both" else [args.compile == "compiled"]):
             setting = dict(backbone=backbone, cifar_stem=cifar_stem, size=size, batch_size=batch_size,
                            compiled=compiled)
             kw = dict(backbone=backbone, cifar_stem=cifar_stem, channels_last=device == "cuda", compile=compiled)
-            measured = {}
-            for name in [*PEERS, *names]:
+            jobs = [(name, 2, two_views) for name in [*peers, *names]]
+            if args.multicrop:
+                for name, (n_global, n_local) in MULTICROP.items():
+                    if name in names:
+                        batch = (_views(n_global, n_local, size, batch_size, device), targets)
+                        jobs += [("bare_backbone", n_global + n_local, batch), (name, n_global + n_local, batch)]
+            measured: dict[tuple[str, int], dict] = {}
+            for name, n_views, batch in jobs:
                 torch.manual_seed(0)
                 module = PEERS[name](**kw) if name in PEERS else METHODS[name][0](**kw)
-                measured[name] = measure(module, batch, device, precision, args.warmup, args.steps)
+                m = measure(module, batch, device, precision, args.warmup, args.steps)
+                measured[(name, n_views)] = m
                 del module
                 if device == "cuda":
                     torch.cuda.empty_cache()
-                print(f"{setting} {name}: {measured[name]}", flush=True)
-            bound = measured["bare_backbone"]["images_per_s"]
-            for name, m in measured.items():
-                row = {**setting, "name": name, **m, "vs_backbone": m["images_per_s"] / bound}
+                print(f"{setting} {name} ({n_views} views): {m}", flush=True)
+                row = {**setting, "name": name, "views": n_views, **m,
+                       "vs_backbone": m["images_per_s"] / measured[("bare_backbone", n_views)]["images_per_s"]}
                 if name in METHODS:
                     peer = METHODS[name][1]
-                    row.update(peer=peer, vs_peer=m["images_per_s"] / measured[peer]["images_per_s"],
-                               has_teacher=METHODS[name][2])
-                rows.append(row)
-    return {"device": device_name, "precision": precision, "torch": torch.__version__,
-            "command": " ".join(["python", "-m", "benchmarks.throughput", *sys.argv[1:]]), "rows": rows}
+                    row.update(peer=peer, has_teacher=METHODS[name][2])
+                    if n_views == 2 and (peer, 2) in measured:
+                        row["vs_peer"] = m["images_per_s"] / measured[(peer, 2)]["images_per_s"]
+                results["rows"].append(row)
+                if on_row is not None:
+                    on_row(results)
+    return results
 
 
 def markdown(results: dict) -> str:
     lines = [f"Throughput on {results['device']} ({results['precision']}), `{results['command']}`", "",
-             "| backbone | px | batch | compiled | model | images/s | peak GiB | x backbone | x peer (peer) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| backbone | px | batch | compiled | model | views | images/s | peak GiB | x backbone | x peer (peer) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         peer = f"{r['vs_peer']:.2f} ({r['peer']})" if "vs_peer" in r else ""
         mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a"
         lines.append(f"| {r['backbone']} | {r['size']} | {r['batch_size']} | {r['compiled']} | {r['name']} | "
-                     f"{r['images_per_s']:.0f} | {mem} | {r['vs_backbone']:.2f} | {peer} |")
+                     f"{r.get('views', 2)} | {r['images_per_s']:.0f} | {mem} | {r['vs_backbone']:.2f} | {peer} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def write(results: dict, out: Path) -> Path:
+    """``throughput-<device>.json`` and ``.md`` in ``out``; returns the JSON's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "throughput-" + re.sub(r"\s+", "-", results["device"].lower())
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(markdown(results))
+    return out / f"{stem}.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by ``benchmarks.gpu_check``'s tests to check its command lines)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     default_preset = "gpu" if torch.cuda.is_available() else "cpu-small"
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"from {', '.join(METHODS)}")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"from {', '.join(PEERS)} (bare_backbone is always timed)")
+    parser.add_argument("--multicrop", action="store_true",
+                        help="also time MVEB on its multi-crop views against the bare backbone on the same views")
     parser.add_argument("--compile", choices=["eager", "compiled", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
-    results = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "throughput-" + results["device"].lower().replace(" ", "-")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{stem}.md").write_text(markdown(results))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    results = run(args, on_row=lambda partial: write(partial, args.out))
+    write(results, args.out)
     print(markdown(results))
+    return results
 
 
 if __name__ == "__main__":

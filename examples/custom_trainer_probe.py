@@ -124,7 +124,7 @@ def main() -> None:
         enable_checkpointing=False,
         enable_model_summary=False,
         callbacks=[
-            OnlineLinearProbe(num_classes=NUM_CLASSES, lr=0.1),  # evaluates on val loader 1
+            OnlineLinearProbe(num_classes=NUM_CLASSES),  # evaluates on val loader 1
             OnlineKNN(k=20, temperature=0.1, num_classes=NUM_CLASSES),  # bank 0, queries 1
         ],
     )

@@ -1,7 +1,14 @@
 """mvssl_lightning: information-theoretic multi-view self-supervised learning on PyTorch Lightning."""
 
-from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
+from mvssl_lightning.callbacks import (
+    OnlineKNN,
+    OnlineLinearProbe,
+    PreemptionCheckpoint,
+    RepresentationDiagnostics,
+    TrainingHealth,
+)
 from mvssl_lightning.data import MultiViewDataModule
+from mvssl_lightning.evaluation import FineTune, LinearEval
 from mvssl_lightning.losses import (
     AMDIMLoss,
     ERDiscreteLoss,
@@ -22,7 +29,8 @@ from mvssl_lightning.losses import (
     mveb_loss,
 )
 from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin, SiameseModule
-from mvssl_lightning.models import build_backbone, build_resnet, export_torchvision_state_dict
+from mvssl_lightning.models import build_backbone, build_resnet, export_torchvision_state_dict, torchvision_resnet
+from mvssl_lightning.precision import auto_precision
 
 __version__ = "0.1.0"
 
@@ -35,8 +43,10 @@ __all__ = [
     "ERSimCLR",
     "ERSphereLoss",
     "ERSwAV",
+    "FineTune",
     "InfoMin",
     "InfoNCEQueueLoss",
+    "LinearEval",
     "MEC",
     "MECLoss",
     "MVEB",
@@ -44,9 +54,13 @@ __all__ = [
     "MultiViewDataModule",
     "OnlineKNN",
     "OnlineLinearProbe",
+    "PreemptionCheckpoint",
+    "RepresentationDiagnostics",
     "SiameseModule",
+    "TrainingHealth",
     "amdim_loss",
     "amdim_nce",
+    "auto_precision",
     "build_backbone",
     "build_resnet",
     "er_discrete_entropy",
@@ -59,4 +73,5 @@ __all__ = [
     "mec_taylor_logdet",
     "mveb_entropy_surrogate",
     "mveb_loss",
+    "torchvision_resnet",
 ]

@@ -2,20 +2,39 @@
 
     mvssl fit --config configs/mveb_r50.yaml
     mvssl fit --config configs/quickstart.yaml --trainer.max_epochs 2 --model.lr 0.1
+    mvssl fit --config configs/quickstart.yaml --ckpt_path last        # resume the latest run
+    mvssl validate --config configs/quickstart.yaml --ckpt_path last   # kNN + probe of a checkpoint
 
 Any method is chosen by ``model.class_path`` (every method subclasses ``SiameseModule``). Every run starts
 from :data:`TRAINER_DEFAULTS` and ``seed_everything: 0``; a config file then holds only its recipe.
+
+Subcommands: ``fit`` and ``validate`` (Lightning's ``test`` and ``predict`` need steps and loaders the
+methods do not define, so they are not offered).  The optimiser and its schedule are settings of the
+method (``--model.optimizer``, ``--model.lr``, ...), so LightningCLI's ``--optimizer`` /
+``--lr_scheduler``, which would silently replace the recipe's LARS, warm-up and cosine, are not offered
+either.  ``--ckpt_path`` resumes honestly (:mod:`mvssl_lightning.resume`): the same method and
+hyperparameters, the same run directory, and ``last`` only when there is something to resume.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from mvssl_lightning.callbacks import RunSummary
 from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.precision import precision_for
+from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume, resolve_class
 
 #: The trainer settings every config shares (one file per paper recipe keeps only what differs).
 #:
@@ -32,20 +51,134 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "check_val_every_n_epoch": 10,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs"},  # + name: <config name> in each config -> runs/<name>/version_<n>
+        # + name: <config name> in each config -> runs/<name>/version_<n>; no placeholder hp_metric = -1
+        "init_args": {"save_dir": "runs", "default_hp_metric": False},
     },
     "callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+        # one file per run: the latest epoch's checkpoint, and last.ckpt a link to it (not a second copy)
+        {"class_path": "mvssl_lightning.callbacks.RunCheckpoint", "init_args": {"save_last": "link"}},
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+        {"class_path": "mvssl_lightning.callbacks.PreemptionCheckpoint"},
+        {"class_path": "mvssl_lightning.callbacks.TrainingHealth"},
     ],
 }
 
 
 class MVSSLCLI(LightningCLI):
-    """LightningCLI with the shared trainer defaults of :data:`TRAINER_DEFAULTS`."""
+    """LightningCLI with the shared trainer defaults of :data:`TRAINER_DEFAULTS` and honest resuming."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+                "validate": {"model", "dataloaders", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({f"trainer.{key}": copy.deepcopy(value) for key, value in TRAINER_DEFAULTS.items()})
+        parser.add_argument(
+            "--validate_at_start", type=bool, default=False,
+            help="fit: run a validation pass (kNN, probes) before the first training step, so the run's "
+            "accuracies at initialisation are logged (step 0) and summarised (RunSummary)",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Every ``fit`` ends with a :class:`~mvssl_lightning.callbacks.RunSummary` (table and learning
+        curves); a config that lists its own (e.g. with ``offline_probe: true``) keeps that one."""
+        trainer = super().instantiate_trainer(**kwargs)
+        callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
+        if self.subcommand == "fit" and not any(isinstance(c, RunSummary) for c in callbacks):
+            callbacks.append(RunSummary())
+        return trainer
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("validate_at_start") and not config.get("ckpt_path"):
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+
+    def before_validate(self) -> None:
+        # Lightning's table repeats epoch-level metrics (kNN, probe) under every validation loader;
+        # after_validate prints each once instead
+        self.config_init[self.subcommand]["verbose"] = False
+
+    def after_validate(self) -> None:
+        """Print every metric of ``mvssl validate`` once (kNN and probe are computed over both loaders)."""
+        metrics = {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items()) if v.numel() == 1}
+        if not metrics or not self.trainer.is_global_zero:
+            return
+        width = max(len(k) for k in metrics)
+        lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+        lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in metrics.items()]
+        print("\n".join(lines))
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        trainer = config.trainer
+        precision, warning = precision_for(trainer.get("precision"), trainer.get("accelerator"))
+        if warning is not None:
+            rank_zero_warn(warning)
+            trainer.precision = precision
+        if self.config.get("subcommand") == "fit":
+            _report_overrides(config.model)
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which overwrites the configured model with the checkpoint's
+        hyperparameters (a different method or ``--model.lr`` would be dropped without a word)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return
+        config = self.config[subcommand]
+        if config.ckpt_path in ("best", "hpc", "registry"):
+            return  # Lightning's own meanings
+        model = config.model
+        init_args = model.init_args.as_dict() if isinstance(model.get("init_args"), Namespace) else {}
+        plan = plan_resume(config.ckpt_path, _run_dirs(config.trainer), model.get("class_path"), init_args)
+        config.ckpt_path = str(plan.ckpt_path)
+        logger = config.trainer.get("logger")
+        if plan.version is not None and isinstance(logger, Namespace) and "init_args" in logger:
+            if logger.init_args.get("version") is None and "TensorBoardLogger" in str(logger.get("class_path")):
+                logger.init_args.version = plan.version  # continue in the same runs/<name>/version_N
+
+
+def _report_overrides(model: Namespace) -> None:
+    """Say which model settings differ from the method's own recipe defaults (its signature), i.e. come
+    from the config or the command line: after ``--model.class_path MEC`` on an MVEB config, the MVEB
+    values that stay (``optimizer: lars``...) are listed instead of passing silently."""
+    if not isinstance(model, Namespace) or not isinstance(model.get("init_args"), Namespace):
+        return
+    try:
+        signature = inspect.signature(resolve_class(model.class_path))
+    except (AttributeError, ImportError, ValueError, TypeError):
+        return
+    given = model.init_args.as_dict()
+    changed = [
+        f"{name}={given[name]!r} (default {p.default!r})"
+        for name, p in signature.parameters.items()
+        if name in given and p.default is not inspect.Parameter.empty and not _same(given[name], p.default)
+    ]
+    if changed:
+        rank_zero_info(
+            f"{model.class_path.rpartition('.')[2]}: settings from the config / command line that differ from "
+            f"the method's recipe defaults: {', '.join(changed)}"
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    return not hparam_differences({"x": a}, {"x": b})
+
+
+def _run_dirs(trainer: Namespace) -> list[Path]:
+    """Where a run's checkpoints live: ``<save_dir>/<name>`` of its TensorBoard/CSV logger, else
+    ``<default_root_dir>`` (the ``ModelCheckpoint`` defaults)."""
+    root = Path(trainer.get("default_root_dir") or ".")
+    logger = trainer.get("logger")
+    if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+        args = logger.init_args
+        save_dir = Path(args.get("save_dir") or root)
+        name = args.get("name")
+        name = "lightning_logs" if name is None else name
+        return [save_dir / name if name else save_dir, root]
+    if logger is None or logger is True:
+        return [root / "lightning_logs", root]
+    return [root]
 
 
 def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
@@ -56,13 +189,38 @@ def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
         subclass_mode_model=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
         args=args,
     )
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of the ``mvssl`` console script (returns nothing, so the exit status is 0)."""
-    run_cli(args)
+    """Entry point of the ``mvssl`` console script.
+
+    A preempted run (SIGTERM / SIGUSR1) exits with ``128 + signal`` after saving a checkpoint
+    (:class:`~mvssl_lightning.callbacks.PreemptionCheckpoint`); a constructor that rejects its arguments
+    prints one line naming the problem (jsonargparse would bury it in a dump of the whole configuration)
+    and exits with 2.
+    """
+    try:
+        run_cli(args)
+    except SIGTERMException as stop:
+        sys.exit(stop.code if isinstance(stop.code, int) and stop.code else 143)
+    except ResumeError as error:
+        print(f"mvssl: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError) as error:
+        cause = _root_cause(error)
+        if cause is error and "Union subtypes" not in str(error):
+            raise
+        print(f"mvssl: error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

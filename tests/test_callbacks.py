@@ -161,7 +161,7 @@ def brute_force_knn(queries, bank, bank_labels, num_classes, k, t):
 @pytest.mark.parametrize("return_features", [True, False], ids=["features", "fallback-forward"])
 def test_probe_learns_separable_blobs(return_features):
     train, test = blobs(num_classes=6, n_train=512, n_test=256, dim=16)
-    probe = OnlineLinearProbe(num_classes=6, lr=0.1)
+    probe = OnlineLinearProbe(num_classes=6, optimizer="sgd", lr=0.1)
     trainer = make_trainer(max_epochs=3, callbacks=[probe])
     trainer.fit(FixedFeatures(16, return_features), train_loader(*train), val_loaders(train, test))
     m = trainer.callback_metrics
@@ -179,7 +179,7 @@ def test_probe_matches_plain_pytorch_reference():
     train, test = blobs(num_classes=4, n_train=128, n_test=32, dim=8)
     y = train[1].clone()
     y[::5] = -1  # some unknown labels
-    probe = OnlineLinearProbe(num_classes=4, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    probe = OnlineLinearProbe(num_classes=4, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3)
     trainer = make_trainer(max_epochs=2, callbacks=[probe], limit_val_batches=0)
     trainer.fit(FixedFeatures(8), train_loader(train[0], y, batch_size=32))
     batches = [(train[0][i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)] * 2
@@ -361,7 +361,7 @@ class _DumpProbe(pl.Callback):
 def test_ddp_probe_identical_and_knn_uses_gathered_bank(tmp_path: Path):
     train, test = blobs(num_classes=5, n_train=256, n_test=64, dim=8, std=2.5)
     bs, world = 16, 2
-    probe = OnlineLinearProbe(num_classes=5, lr=0.05)
+    probe = OnlineLinearProbe(num_classes=5, optimizer="sgd", lr=0.05)
     knn = OnlineKNN(k=150, temperature=0.1)
     trainer = make_trainer(
         devices=world, strategy="ddp_spawn", max_epochs=1,

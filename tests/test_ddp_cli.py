@@ -38,7 +38,9 @@ def test_ddp_fit_then_resume(tmp_path):
 
     second = _fit(tmp_path, 2, "--ckpt_path", str(last))
     assert second.returncode == 0, second.stderr[-3000:]
-    (resumed_path,) = tmp_path.glob("runs/quickstart/version_1/checkpoints/last.ckpt")
+    # the resumed run continues in the same run directory (one TensorBoard run, no version_1)
+    assert sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir()) == ["version_0"]
+    (resumed_path,) = tmp_path.glob("runs/quickstart/version_0/checkpoints/last.ckpt")
     resumed = torch.load(resumed_path, weights_only=True, map_location="cpu")
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
     # the EMA teacher moved on from the first run's state, and the probe state travelled along

@@ -277,6 +277,7 @@ def test_repeated_op_names_in_ops():
     assert torch.allclose(out[3:4], _to_tensor([ref]), atol=1e-6)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     step = DeviceRandAugment(num_ops=3, magnitude=7.0, magnitude_std=3.0, prob=0.9)
@@ -286,3 +287,12 @@ def test_cuda_matches_cpu():
     diff = (gpu - cpu).abs()
     # float rounding may flip a LUT / threshold decision for a pixel on a boundary: rare
     assert diff.mean() <= 1e-3 and (diff > 2 / 255).float().mean() <= 1e-3
+
+
+def test_equalize_accepts_non_contiguous_input():
+    """Channels-last views (a permuted batch) used to crash ``_equalize`` (``.view`` on strided data)."""
+    from mvssl_lightning.data.device.randaugment import _equalize
+
+    x = torch.rand(4, 32, 32, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)
+    assert not x.is_contiguous()
+    torch.testing.assert_close(_equalize(x), _equalize(x.contiguous()), rtol=0, atol=0)

@@ -18,7 +18,6 @@ from PIL import Image
 from benchmarks.quality import __main__ as quality
 from benchmarks.quality.chart import write_chart
 from benchmarks.quality.features import feature_spread
-from benchmarks.quality.probe import linear_probe
 from benchmarks.quality.recipes import (
     BASELINES,
     METHOD_CONFIGS,
@@ -29,6 +28,7 @@ from benchmarks.quality.recipes import (
     load_config,
 )
 from benchmarks.quality.report import markdown
+from mvssl_lightning.evaluation.features import linear_probe
 
 
 @pytest.fixture(scope="module")

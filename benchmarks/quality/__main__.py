@@ -12,8 +12,8 @@ AMDIM keeps its own encoder). After the final epoch one validation pass gives, o
 
 * kNN top-1 / top-5 (``OnlineKNN``: k = 200, T = 0.1, bank = train split with the eval transform);
 * the online linear probe's top-1 (``OnlineLinearProbe``, trained during pre-training);
-* the offline linear probe's top-1 (``probe.py``: AdamW on the standardised frozen features of the train
-  split, 100 epochs);
+* the offline linear probe's top-1 (``mvssl_lightning.evaluation.features.linear_probe``: AdamW on the
+  standardised frozen features of the train split, 100 epochs);
 * the collapse check (``features.py``: spread and effective rank of the test features);
 
 plus seconds per training epoch and peak memory (``benchmarks/timing.py``), and the final loss. Results go
@@ -46,12 +46,12 @@ import torch
 
 from benchmarks.quality.chart import write_chart
 from benchmarks.quality.features import FeatureCollector, feature_spread
-from benchmarks.quality.probe import linear_probe
 from benchmarks.quality.recipes import BASELINES, METHOD_CONFIGS, Budget, build_baseline, build_method
 from benchmarks.quality.report import markdown
 from benchmarks.timing import TrainingTimer, peak_memory_gib, reset_peak_memory
 from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
 from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
+from mvssl_lightning.evaluation.features import linear_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -173,7 +173,8 @@ def train_and_evaluate(model: L.LightningModule, datamodule: L.LightningDataModu
                        device: torch.device, num_classes: int) -> dict[str, Any]:
     """Fit ``model`` for ``args.epochs`` epochs, validate once at the end, and measure it."""
     timer, collector = TrainingTimer(), FeatureCollector()
-    callbacks = [OnlineLinearProbe(num_classes=num_classes),
+    # the online probe of the committed results: SGD lr 0.1, momentum 0.9 (the library's default is now AdamW)
+    callbacks = [OnlineLinearProbe(num_classes=num_classes, optimizer="sgd", lr=0.1),
                  OnlineKNN(k=KNN_K, temperature=KNN_T, num_classes=num_classes), timer, collector]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(

@@ -39,14 +39,19 @@ class OnlineKNN(pl.Callback):
     Args:
         k: number of neighbours (capped at the bank size).
         temperature: ``T`` of the vote weights ``exp(s / T)``.
-        num_classes: number of classes; inferred as ``max(bank label) + 1`` when None.
+        num_classes: number of classes; when None, the data module's ``num_classes`` (the dataset's
+            metadata), else ``max(label) + 1`` over bank and queries with a warning.
         bank_dataloader_idx: validation loader providing the bank (labels ``-1`` are left out).
         query_dataloader_idx: validation loader providing the queries (labels ``-1`` are not scored).
         log_prefix: prefix of the logged names ``{prefix}/top1`` and ``{prefix}/top5`` (top-5 only
             if ``num_classes >= 5``); accuracies are fractions in ``[0, 1]``.
         max_bank_size: keep at most this many bank samples (the first ones in loader order, split
-            evenly over processes); None keeps all. Use a shuffled subset if your data are sorted by
-            class.
+            evenly over processes); None keeps all. ``MultiViewDataModule``'s eval loaders come in a
+            fixed random order, so the first ones are a random sample; with your own loaders, make
+            sure a prefix is not a single class.
+
+    A bank that holds fewer classes than the queries (e.g. ``limit_val_batches`` on a dataset sorted by
+    class) gets a warning naming both counts: its accuracy cannot be trusted.
 
     Features come from ``validation_step``'s ``{"features": ...}`` output, or from ``pl_module(x)``
     under ``torch.no_grad()`` for a module whose ``validation_step`` returns something else. They are
@@ -83,6 +88,17 @@ class OnlineKNN(pl.Callback):
         self._queries: list[tuple[Tensor, Tensor]] = []
         self._bank_count = 0
         self._warned = False
+        self._dataset_classes: Optional[int] = None
+        self._warned_classes: set[str] = set()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        self._dataset_classes = int(classes) if isinstance(classes, int) and classes > 0 else None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned_classes:
+            rank_zero_warn(f"OnlineKNN: {message}")
+            self._warned_classes.add(key)
 
     # ------------------------------------------------------------------ computation
     def predict(self, queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int) -> Tensor:
@@ -128,7 +144,7 @@ class OnlineKNN(pl.Callback):
         f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
-        item = (F.normalize(f, dim=1), y)
+        item = (F.normalize(f.float(), dim=1), y)  # float32: bf16 features under autocast lose the ranking
         if is_bank:
             self._bank.append(item)
             self._bank_count += f.shape[0]
@@ -162,13 +178,28 @@ class OnlineKNN(pl.Callback):
         if bank.shape[0] == 0:
             rank_zero_warn("OnlineKNN: the bank has no labelled samples; kNN accuracy is not computed.")
             return
-        num_classes = self.num_classes if self.num_classes is not None else int(bank_y.max()) + 1
-        check_labels(bank_y, num_classes, "OnlineKNN")
-
         queries = torch.cat([f for f, _ in self._queries])
         query_y = torch.cat([y for _, y in self._queries])
         labelled = query_y >= 0
         queries, query_y = queries[labelled], query_y[labelled]
+        (all_query_y,) = all_gather_cat(trainer, pl_module, query_y)
+        num_classes = self.num_classes or self._dataset_classes
+        if num_classes is None:
+            seen = torch.cat([bank_y, all_query_y])
+            num_classes = int(seen.max()) + 1
+            self._warn_once(
+                "inferred", f"num_classes is not given and the data module has none: inferred {num_classes} "
+                "from the labels seen; pass num_classes to be sure",
+            )
+        check_labels(bank_y, num_classes, "OnlineKNN")
+        bank_classes, query_classes = set(bank_y.unique().tolist()), set(all_query_y.unique().tolist())
+        if not query_classes <= bank_classes:
+            self._warn_once(
+                "bank", f"the bank holds {len(bank_classes)} classes but the queries {len(query_classes)} "
+                f"(of {num_classes}): queries of the missing classes can never be right, so this kNN accuracy "
+                "cannot be trusted (limit_val_batches on data sorted by class? use the full bank, or a "
+                "shuffled one)",
+            )
         ranking = self.predict(queries, bank, bank_y, num_classes)
         top1 = (ranking[:, 0] == query_y).sum()
         top5 = (ranking[:, :5] == query_y[:, None]).any(dim=1).sum()

@@ -13,7 +13,15 @@ What is computed, per training batch:
   and samples with ``y == -1`` are dropped;
 * ``logits = W BN(f) + b`` with ``BN`` an optional ``BatchNorm1d(affine=False)`` (as the MAE / MEC
   linear probes), in float32 with autocast disabled;
-* one SGD step on ``cross_entropy(logits, y)`` of the probe's own head.
+* one step of the probe's own optimiser on ``cross_entropy(logits, y)``.
+
+**Optimiser.** The default, AdamW with lr 1e-3 on BatchNorm-standardised features, takes steps whose
+size does not depend on the feature dimension or scale, so the probe's loss falls below ``ln(C)``
+(uniform guessing) within the first epoch on any non-degenerate features, random-initialisation ones
+included, and it follows features that move as the backbone trains.  SGD with lr 0.1 and momentum 0.9
+(``optimizer: sgd``; the online classifiers of solo-learn and the ImageNet-scale runs of the papers'
+code bases) over-shoots on a 2-core CPU quickstart: its loss rose above ``ln(10)`` over three epochs
+of 39 steps.  Keep ``sgd`` for reproducing ImageNet-scale online numbers.
 
 Every process takes the identical step on the identical global batch from an identical (zero)
 initialisation, so the head stays the same on all processes under DDP without any parameter
@@ -24,7 +32,7 @@ broadcast. On validation loader ``eval_dataloader_idx`` the head is evaluated wi
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional, cast
+from typing import Any, Literal, Optional, cast
 
 import lightning.pytorch as pl
 import torch
@@ -47,8 +55,10 @@ class OnlineLinearProbe(pl.Callback):
     Args:
         num_classes: number of classes; labels must be in ``[0, num_classes)`` or ``-1`` (unknown,
             ignored). Anything else raises ``ValueError``.
-        lr, momentum, weight_decay: hyperparameters of the probe's own ``torch.optim.SGD``
-            (constant learning rate).
+        optimizer: ``"adamw"`` (default) or ``"sgd"`` (see above), with a constant learning rate.
+        lr: learning rate; default 1e-3 for AdamW, 0.1 for SGD.
+        momentum: SGD momentum (0.9); unused by AdamW (betas 0.9, 0.999).
+        weight_decay: weight decay of the head (0).
         feature_bn: put ``BatchNorm1d(feat_dim, affine=False)`` before the linear layer (MAE/MEC
             style linear probe); the head then needs at least 2 labelled samples per global batch
             (steps with fewer are skipped).
@@ -74,7 +84,8 @@ class OnlineLinearProbe(pl.Callback):
     def __init__(
         self,
         num_classes: int,
-        lr: float = 0.1,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: Optional[float] = None,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         feature_bn: bool = True,
@@ -84,8 +95,13 @@ class OnlineLinearProbe(pl.Callback):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
         self.num_classes = int(num_classes)
-        self.lr = lr
+        self.optimizer_name = optimizer
+        self.lr = float(lr) if lr is not None else (1e-3 if optimizer == "adamw" else 0.1)
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.feature_bn = feature_bn
@@ -93,7 +109,7 @@ class OnlineLinearProbe(pl.Callback):
         self.eval_dataloader_idx = eval_dataloader_idx
 
         self._head: Optional[nn.Sequential] = None
-        self._optimizer: Optional[torch.optim.SGD] = None
+        self._optimizer: Optional[torch.optim.Optimizer] = None
         self._pending_state: Optional[dict[str, Any]] = None  # loaded before the head exists
         self._expected_feat_dim: Optional[int] = None
         self.val_top1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
@@ -116,7 +132,7 @@ class OnlineLinearProbe(pl.Callback):
 
     @property
     def optimizer(self) -> Optional[torch.optim.Optimizer]:
-        """The probe's own SGD optimiser, or None before the first batch."""
+        """The probe's own optimiser (AdamW or SGD), or None before the first batch."""
         return self._optimizer
 
     @torch.no_grad()
@@ -144,8 +160,10 @@ class OnlineLinearProbe(pl.Callback):
         self._head = nn.Sequential(*layers).to(device)
         self._optimizer = self._make_optimizer()
 
-    def _make_optimizer(self) -> torch.optim.SGD:
+    def _make_optimizer(self) -> torch.optim.Optimizer:
         assert self._head is not None
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(self._head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(
             self._head.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
@@ -182,6 +200,12 @@ class OnlineLinearProbe(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         feat_dim = getattr(pl_module, "feat_dim", None)
         self._expected_feat_dim = int(feat_dim) if isinstance(feat_dim, int) else None
+        classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        if isinstance(classes, int) and classes > 0 and classes != self.num_classes:
+            raise ValueError(
+                f"OnlineLinearProbe(num_classes={self.num_classes}), but the data module's dataset has "
+                f"{classes} classes: set the probe's num_classes to {classes}"
+            )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -232,6 +256,8 @@ class OnlineLinearProbe(pl.Callback):
     ) -> None:
         if trainer.sanity_checking or dataloader_idx != self.eval_dataloader_idx:
             return
+        if self._head is None and self._pending_state is None:
+            return  # never trained (e.g. a validation before the first step): no accuracy to report
         f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
@@ -246,7 +272,7 @@ class OnlineLinearProbe(pl.Callback):
         self._val_batches += 1
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or (self._head is None and self._pending_state is None):
             return
         if self._val_batches == 0:
             if not self._warned_no_eval:

@@ -6,8 +6,17 @@ Batches:
   ``(B, 3, H_v, W_v)`` (the recipe's order: globals first, then locals), ``targets`` ``(B,)`` int64,
   ``-1`` where unknown.
 - ``val_dataloader()`` returns ``[train set with eval transform, test set with eval transform]``,
-  each yielding ``(images, targets)``, unshuffled, nothing dropped. Loader 0 is the kNN bank, loader 1
-  the queries / probe evaluation.
+  each yielding ``(images, targets)``, nothing dropped, in a fixed seeded random order (datasets are
+  often sorted by class: with ``limit_val_batches`` the kNN bank and the probe's evaluation then see a
+  random sample instead of one or two classes). Loader 0 is the kNN bank, loader 1 the queries / probe
+  evaluation.
+
+Order and augmentation of the training samples depend on ``(seed, epoch, index)`` only
+(:mod:`mvssl_lightning.data.order`), and a run resumed mid-epoch continues where it stopped.
+
+Checks: the constructor validates its arguments (short ``ValueError`` naming the argument) without
+touching the disk; ``setup`` warns once when the training images are much smaller than the recipe's
+crops; the training loader never yields a batch of one sample (every method has BatchNorm).
 """
 
 from __future__ import annotations
@@ -15,18 +24,32 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import inspect
 import math
+import numbers
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Optional, Union, get_args
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+import torchvision.transforms as T
+import torchvision.transforms.v2 as T2
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mvssl_lightning.data.datasets import Split, build_dataset, peek_num_classes
+from mvssl_lightning.data.datasets import (
+    DATASET_NAMES,
+    DatasetName,
+    Split,
+    WithSources,
+    build_dataset,
+    peek_num_classes,
+    sample_image_sizes,
+)
 from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
 from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
+from mvssl_lightning.data.order import ResumableSampler, SeededSamples, batches_done
 from mvssl_lightning.data.views import (
     IMAGENET_NORMALIZE,
     VIEW_RECIPES,
@@ -50,6 +73,11 @@ AUTO_DEVICE_DECODE_MIN_BYTES = 16 * 1024
 
 #: Seed of the fixed permutation that picks ``train_subset`` / ``test_subset`` samples.
 SUBSET_SEED = 0
+
+#: ``setup`` reads the header of this many training images to compare their size with the recipe's crops.
+SIZE_SAMPLE = 8
+#: ... and warns when the median shorter side is below this fraction of the largest crop.
+SMALL_IMAGE_FRACTION = 0.5
 
 
 def multiview_collate(batch: Sequence[tuple[Any, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -83,15 +111,46 @@ def _import_transform(path: str, kwargs: dict) -> Callable:
     return factory(**kwargs)
 
 
-def _subset(dataset: Dataset, n: Optional[int]) -> Dataset:
-    """A deterministic random subset of ``n`` samples (same indices for the same length), kept in order."""
-    if n is None or n >= len(dataset):  # type: ignore[arg-type]
+def _largest_crop(transform: Any, seen: Optional[set[int]] = None) -> Optional[int]:
+    """The largest ``RandomResizedCrop`` size in a recipe (walks ``transforms`` / ``transform`` / ``crop``)."""
+    seen = set() if seen is None else seen
+    if id(transform) in seen:
+        return None
+    seen.add(id(transform))
+    if isinstance(transform, (T.RandomResizedCrop, T2.RandomResizedCrop)):
+        size = transform.size
+        return max(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
+    sizes: list[int] = []
+    for attr in ("transforms", "transform", "crop", "jigsaw"):
+        inner = getattr(transform, attr, None)
+        if inner is None or inspect.ismethod(inner):
+            continue
+        for t in inner if isinstance(inner, (list, tuple)) else [inner]:
+            size = _largest_crop(t, seen)
+            if size is not None:
+                sizes.append(size)
+    return max(sizes) if sizes else None
+
+
+def _subset(dataset: Dataset, n: Optional[int], shuffled: bool = False) -> Dataset:
+    """A deterministic random subset of ``n`` samples (same indices for the same length), kept in order;
+    ``shuffled``: all (or ``n``) samples in that fixed random order instead."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if (n is None or n >= size) and not shuffled:
         return dataset
-    if n <= 0:
+    if n is not None and n <= 0:
         raise ValueError(f"subset size must be positive, got {n}")
     g = torch.Generator().manual_seed(SUBSET_SEED)
-    idx = torch.randperm(len(dataset), generator=g)[:n].sort().values  # type: ignore[arg-type]
-    return Subset(dataset, idx.tolist())
+    idx = torch.randperm(size, generator=g)[: min(n or size, size)]
+    return Subset(dataset, (idx if shuffled else idx.sort().values).tolist())
+
+
+def _check_int(name: str, value: Optional[int], minimum: int, why: str = "") -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is ``None`` or an integer ``>= minimum``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{f' ({why})' if why else ''}, got {value!r}")
 
 
 class MultiViewDataModule(L.LightningDataModule):
@@ -102,7 +161,10 @@ class MultiViewDataModule(L.LightningDataModule):
             ``"cifar10"``, ``"cifar100"``, ``"stl10"`` (train+unlabeled for training), ``"imagefolder"``
             (``data_dir/train``, ``data_dir/val``) or ``"npz"`` (``data_dir`` is the file).
         data_dir: directory (or npz file) of the dataset; ignored for ``"default"``.
-        views: a recipe name of ``mvssl_lightning.data.views.VIEW_RECIPES``, any callable
+        views: ``"auto"`` (the recipe of the method being trained: its ``default_views``, with the
+            ``_cifar`` variant on 32 px datasets; chosen in ``setup``, so switching
+            ``--model.class_path`` switches the views too), a recipe name of
+            ``mvssl_lightning.data.views.VIEW_RECIPES``, any callable
             ``PIL image -> list of tensors`` (e.g. a lightly transform; in YAML as ``class_path`` /
             ``init_args``), or an import path of such a class or factory (called with
             ``view_kwargs``), e.g. ``lightly.transforms.SimCLRTransform``.
@@ -111,13 +173,15 @@ class MultiViewDataModule(L.LightningDataModule):
             (``default_eval_view``); for a foreign transform, ToTensor + ImageNet normalisation on
             32 px datasets and ``eval_view()`` (Resize 256, CenterCrop 224) otherwise -- pass your
             own to match a foreign transform's size and normalisation.
-        batch_size: training batch size per process.
+        batch_size: training batch size per process, at least 2 (every method has BatchNorm, which
+            cannot train on one sample).
         eval_batch_size: eval batch size per process (default ``batch_size``).
         num_workers: data-loading workers per loader.
         pin_memory: pin host memory (only used when CUDA is available).
         persistent_workers: keep workers alive between epochs (only when ``num_workers > 0``).
         download: let torchvision download ``cifar10``/``cifar100``/``stl10`` in ``prepare_data``.
-        drop_last: drop the last incomplete training batch.
+        drop_last: drop the last incomplete training batch.  With ``False``, a last batch of one
+            sample (per process) is still dropped, with a warning.
         train_subset: use only this many training samples (a fixed seeded choice); also caps the
             eval-train (kNN bank) set.
         test_subset: use only this many test samples (a fixed seeded choice).
@@ -133,12 +197,14 @@ class MultiViewDataModule(L.LightningDataModule):
             least 16 KB on the device and smaller ones (e.g. CIFAR's ~1 KB) in the workers; off
             CUDA, in the workers.
 
-    Nothing touches the filesystem before ``prepare_data``/``setup``.
+    Nothing touches the filesystem before ``prepare_data``/``setup``: the constructor only checks its
+    arguments (``ValueError`` naming the argument), so ``--print_config`` works without the data.
+    ``setup`` warns (once) when the training images are much smaller than the recipe's largest crop.
     """
 
     def __init__(
         self,
-        dataset: str = "default",
+        dataset: DatasetName = "default",
         data_dir: Optional[str] = None,
         views: Union[str, Callable] = "mveb_multicrop_cifar",
         view_kwargs: Optional[dict] = None,
@@ -156,12 +222,28 @@ class MultiViewDataModule(L.LightningDataModule):
         decode: DecodeMode = "auto",
     ) -> None:
         super().__init__()
-        self.dataset_name = dataset.lower()
+        self.dataset_name = str(dataset).lower()
+        if self.dataset_name not in DATASET_NAMES:  # LightningCLI validates the Literal; this is for Python callers
+            raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASET_NAMES)}")
+        if data_dir is None and self.dataset_name != "default":
+            raise ValueError(f"dataset '{self.dataset_name}' needs data_dir (its directory, or the .npz file)")
+        _check_int("batch_size", batch_size, 2, "every method has BatchNorm, which cannot train on one sample")
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        _check_int("train_subset", train_subset, 1)
+        _check_int("test_subset", test_subset, 1)
+        if decode not in DECODE_CHOICES:  # LightningCLI validates the Literal; this is for Python callers
+            raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
         self.data_dir = data_dir
         self.view_kwargs = dict(view_kwargs or {})
-        if isinstance(views, str) and views in VIEW_RECIPES:
-            self.view_transform: Callable = get_view_recipe(views, **self.view_kwargs)
-            default_eval = default_eval_view(views, **self.view_kwargs)
+        self.views_name = views if isinstance(views, str) else str(getattr(views, "name", "") or type(views).__name__)
+        self._eval_transform_given = eval_transform
+        self.view_transform: Optional[Callable] = None
+        self.eval_transform: Optional[Callable] = None
+        if views == "auto":
+            pass  # chosen in setup, from the method (_choose_recipe)
+        elif isinstance(views, str) and views in VIEW_RECIPES:
+            self._use_recipe(views)
         else:
             if isinstance(views, str):
                 views = _import_transform(views, self.view_kwargs)
@@ -176,9 +258,7 @@ class MultiViewDataModule(L.LightningDataModule):
                 if self.dataset_name in CIFAR_SIZED
                 else eval_view()
             )
-        self.eval_transform: Callable = eval_transform if eval_transform is not None else default_eval
-        if batch_size <= 0 or (eval_batch_size is not None and eval_batch_size <= 0):
-            raise ValueError("batch sizes must be positive")
+            self.eval_transform = eval_transform if eval_transform is not None else default_eval
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -188,23 +268,40 @@ class MultiViewDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.train_subset = train_subset
         self.test_subset = test_subset
-        if decode not in DECODE_CHOICES:  # LightningCLI validates the Literal; this is for Python callers
-            raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
         self.gpu_views = bool(gpu_views)
         self.decode = decode
         self.device_views: Optional[DeviceViews] = None
         self._view_generator: Optional[torch.Generator] = None
         self._pending_generator_state: Optional[torch.Tensor] = None
+        self._resume_position: Optional[dict[str, int]] = None
         self.train_dataset: Optional[Dataset] = None
         self.eval_train_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
+
+    def _use_recipe(self, name: str) -> None:
+        self.views_name = name
+        self.view_transform = get_view_recipe(name, **self.view_kwargs)
+        given = self._eval_transform_given
+        self.eval_transform = given if given is not None else default_eval_view(name, **self.view_kwargs)
+
+    def _choose_recipe(self) -> None:
+        """``views: auto``: the trained method's ``default_views`` (``_cifar`` variant on 32 px data)."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        name = getattr(model, "default_views", None)
+        if not isinstance(name, str):
+            raise ValueError(
+                "views: auto takes the view recipe from the method being trained (its default_views); "
+                f"{'there is no Trainer' if model is None else type(model).__name__ + ' has none'}: set data.views"
+            )
+        self._use_recipe(name + ("_cifar" if self.dataset_name in CIFAR_SIZED else ""))
+        rank_zero_info(f"views: auto -> '{self.views_name}' (the default of {type(model).__name__})")
 
     # ------------------------------------------------------------------ properties
     @property
     def num_views(self) -> Optional[int]:
         """Views per image, when the transform says (``num_views`` or lightly's ``.transforms``)."""
         t = self.view_transform
-        if hasattr(t, "num_views"):
+        if t is not None and hasattr(t, "num_views"):
             return int(t.num_views)
         transforms = getattr(t, "transforms", None)
         if isinstance(transforms, (list, tuple)):
@@ -241,15 +338,39 @@ class MultiViewDataModule(L.LightningDataModule):
         """Build the training, eval-train and test datasets (once)."""
         if self.train_dataset is not None:
             return
+        if self.view_transform is None:
+            self._choose_recipe()
+        assert self.view_transform is not None and self.eval_transform is not None
         if self.gpu_views and self.device_views is None:
             try:
                 self.device_views = compile_views(self.view_transform)
             except UnsupportedOnDevice as e:
                 rank_zero_warn(f"gpu_views: {e}; using the CPU view pipeline instead")
         raw = self.device_views is not None
-        self.train_dataset = _subset(self._build("train", self.view_transform, True, raw=raw), self.train_subset)
-        self.eval_train_dataset = _subset(self._build("train", self.eval_transform), self.train_subset)
-        self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset)
+        train = self._build("train", self.view_transform, True, raw=raw)
+        # raw samples carry what each image is, so the device decoder's errors name the file
+        self.train_dataset = _subset(WithSources(train) if raw else train, self.train_subset)
+        self.eval_train_dataset = _subset(self._build("train", self.eval_transform), self.train_subset, True)
+        self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset, True)
+        self._check_image_size()
+
+    def _check_image_size(self) -> None:
+        """Warn when the training images are much smaller than the recipe's largest crop (a few headers read)."""
+        crop = _largest_crop(self.view_transform)
+        if crop is None or self.eval_train_dataset is None:
+            return
+        sizes = sample_image_sizes(self.eval_train_dataset, SIZE_SAMPLE)
+        if not sizes:
+            return
+        shorter = statistics.median(min(h, w) for h, w in sizes)
+        if shorter < SMALL_IMAGE_FRACTION * crop:
+            rank_zero_warn(
+                f"the training images are much smaller than the view recipe's crops: median shorter side "
+                f"{shorter:g} px over {len(sizes)} sampled images of dataset '{self.dataset_name}', largest "
+                f"crop {crop} px in view recipe '{self.views_name}', so every crop is enlarged more than "
+                f"{1 / SMALL_IMAGE_FRACTION:g}x; use a recipe sized for these images (a *_cifar recipe, or "
+                "view_kwargs such as size / global_size)"
+            )
 
     def _train_collate(self) -> Callable:
         if self.device_views is None:
@@ -266,17 +387,15 @@ class MultiViewDataModule(L.LightningDataModule):
         on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return AUTO_DEVICE_DECODE_MIN_BYTES if on_cuda else math.inf
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and self.drop_last,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
-            collate_fn=self._train_collate() if train else None,
         )
 
     def _require_setup(self) -> None:
@@ -292,14 +411,61 @@ class MultiViewDataModule(L.LightningDataModule):
                 f"the training set has {n} samples, fewer than batch_size={self.batch_size}, and "
                 "drop_last is true: no batch would be produced; lower batch_size or set drop_last: false"
             )
-        return self._loader(self.train_dataset, self.batch_size, train=True)  # type: ignore[arg-type]
+        drop_last = self._train_drop_last(n)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = torch.initial_seed() % 2**63  # seed_everything's seed: the run's order and augmentation
+        sampler = ResumableSampler(self.train_dataset, num_replicas=world, rank=rank,  # type: ignore[arg-type]
+                                   shuffle=True, seed=seed)
+        per_process = len(sampler)
+        batches = per_process // self.batch_size if drop_last else math.ceil(per_process / self.batch_size)
+        if self._resume_position is not None:
+            # Lightning creates the loader's iterator before it sets the sampler's epoch on a restart:
+            # position the sampler here (the epoch and the batches already trained on in it)
+            epoch, done = self._resume_position["epoch"], self._resume_position["batches_done"]
+            epoch, done = (epoch + 1, 0) if done >= batches else (epoch, done)
+            sampler.set_epoch(epoch)
+            sampler.skip_next(done * self.batch_size)
+            self._resume_position = None
+        workers = self.num_workers
+        return DataLoader(
+            SeededSamples(self.train_dataset, seed),  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=self._train_collate(),
+            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global stream
+        )
+
+    def _train_drop_last(self, n: int) -> bool:
+        """``drop_last`` of the training loader: also true when the last batch would hold one sample."""
+        if self.drop_last:
+            return True
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(n / world)  # the distributed sampler pads every process to this
+        if per_process % self.batch_size != 1:
+            return False
+        if per_process == 1:
+            raise ValueError(
+                f"the training set has {n} sample(s), 1 per process: BatchNorm cannot train on a batch of "
+                "one sample; use more training samples"
+            )
+        rank_zero_warn(
+            f"the last training batch of each epoch would hold 1 sample ({per_process} samples per process, "
+            f"batch_size={self.batch_size}), which BatchNorm cannot train on: it is dropped (set "
+            "drop_last: true, or change batch_size / train_subset, to avoid this message)"
+        )
+        return True
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[eval-train loader (kNN bank / probe train), test loader]``, yielding ``(images, targets)``."""
         self._require_setup()
         return [
-            self._loader(self.eval_train_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
-            self._loader(self.test_dataset, self.eval_batch_size, train=False),  # type: ignore[arg-type]
+            self._eval_loader(self.eval_train_dataset),  # type: ignore[arg-type]
+            self._eval_loader(self.test_dataset),  # type: ignore[arg-type]
         ]
 
     # ------------------------------------------------------------------ device views
@@ -344,12 +510,18 @@ class MultiViewDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """The device views' generator state (empty on the CPU path)."""
-        if self._view_generator is None:
-            return {}
-        return {"view_generator": self._view_generator.get_state()}
+        """Where training stands in its epoch (for an exact mid-epoch resume) and the device views'
+        generator state."""
+        state: dict[str, Any] = {}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            state["train_position"] = {"epoch": trainer.current_epoch, "batches_done": batches_done(trainer)}
+        if self._view_generator is not None:
+            state["view_generator"] = self._view_generator.get_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")
         state = state_dict.get("view_generator")
         if state is not None:  # applied when the generator is next needed (the rank is known then)
             self._view_generator = None
@@ -358,4 +530,4 @@ class MultiViewDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test set with the eval transform, yielding ``(images, targets)``."""
         self._require_setup()
-        return self._loader(self.test_dataset, self.eval_batch_size, train=False)  # type: ignore[arg-type]
+        return self._eval_loader(self.test_dataset)  # type: ignore[arg-type]

@@ -8,12 +8,19 @@ The npz layout:
 - optional ``class_names`` (str array, index = label).
 
 Raw arrays ``x_<split>`` (N, H, W, 3 uint8) with ``y_<split>`` are accepted instead of the JPEG bytes.
-Every dataset here yields ``(transform(PIL image), int label)``.
+Without ``class_names`` the class count is ``max(label) + 1`` over every split of the file, so all splits
+agree on it.
+
+An image folder (``root/train/<class>/*``, ``root/val/<class>/*``) takes its classes from ``train/``:
+one class-to-index map for every split, and a class folder in ``val/`` that ``train/`` lacks is an error.
+
+Every dataset here yields ``(transform(PIL image), int label)``; image files become 8-bit RGB by the
+rule of :mod:`mvssl_lightning.data.images` (16-bit as ``value >> 8``), and a file that cannot be read
+is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -24,21 +31,30 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from mvssl_lightning.data.device.decode import is_jpeg
+from mvssl_lightning.data.images import image_size, open_rgb, rgb_tensor
 
 __all__ = [
     "DATASET_NAMES",
     "NUM_CLASSES",
+    "ImageFolderSplit",
     "NpzImageDataset",
+    "WithSources",
     "build_dataset",
     "embedded_default_path",
+    "imagefolder_classes",
+    "sample_image_sizes",
 ]
 
 #: A dataset split.
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
 #: Names accepted by :func:`build_dataset` (and ``MultiViewDataModule(dataset=...)``).
-DATASET_NAMES = ("default", "cifar10", "cifar100", "stl10", "imagefolder", "npz")
+DatasetName = Literal["default", "cifar10", "cifar100", "stl10", "imagefolder", "npz"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 #: Class counts known without reading any file.
 NUM_CLASSES = {"default": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
 
@@ -61,6 +77,41 @@ def embedded_default_path() -> Path:
     return path
 
 
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of an npz archive; ``ValueError`` naming ``path`` when it is not one."""
+    expected = (
+        "expected a NumPy .npz archive (np.savez) with jpeg_<split> + offsets_<split> + y_<split> or "
+        "x_<split> + y_<split>"
+    )
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path} holds a single array (.npy), not an .npz archive; {expected}")
+    if not magic.startswith(b"PK"):  # numpy would try it as a pickle and suggest allow_pickle
+        raise ValueError(f"{path} is not an .npz file (no zip header; truncated or another format); {expected}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile.BadZipFile (e.g. a truncated archive), EOFError...
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {expected}") from e
+
+
+def _read(arrays: Any, key: str, source: str) -> np.ndarray:
+    """``arrays[key]`` as an array; ``ValueError`` naming the file and key when it cannot be read."""
+    try:
+        return np.asarray(arrays[key])
+    except Exception as e:  # a truncated member (BadZipFile, zlib.error, EOFError), object arrays...
+        raise ValueError(f"{source}: cannot read array {key!r} ({type(e).__name__}: {e})") from e
+
+
+def _npz_num_classes(arrays: Any, keys: set[str], source: str) -> Optional[int]:
+    """``len(class_names)`` when stored, else ``max(label) + 1`` over every ``y_<split>`` of the file."""
+    if "class_names" in keys:
+        return int(_read(arrays, "class_names", source).size)
+    ys = [_read(arrays, f"y_{split}", source).reshape(-1) for split in SPLITS if f"y_{split}" in keys]
+    maxima = [int(y.max()) for y in ys if y.size]
+    return max(maxima) + 1 if maxima else None
+
+
 class NpzImageDataset(Dataset):
     """Images stored in one npz file (or a mapping of arrays), decoded lazily with Pillow.
 
@@ -69,12 +120,19 @@ class NpzImageDataset(Dataset):
             same keys (e.g. a ``dict`` of numpy arrays).
         split: ``"train"`` or ``"test"``.
         transform: applied to the decoded RGB ``PIL.Image``; ``None`` returns the image itself.
-        raw: yield the image undecoded for the device view pipeline (``gpu_views``): the file's
-            bytes as a 1-D uint8 tensor, or ``(3, H, W)`` uint8 for raw arrays; ``transform`` unused.
+        raw: yield the image undecoded for the device view pipeline (``gpu_views``): a JPEG file's
+            bytes as a 1-D uint8 tensor; any other image decoded to ``(3, H, W)`` uint8 (also for raw
+            arrays); ``transform`` unused.
 
     The split's arrays are read into memory once (npz members cannot be memory-mapped); each item
     decodes one image. Attributes: ``targets`` (int64 array, ``-1`` unknown), ``classes`` (names;
-    ``class_names`` when stored, else ``"0".."K-1"``), ``source`` (where the data came from).
+    ``class_names`` when stored, else ``"0".."K-1"`` with ``K = max(label) + 1`` over all splits of the
+    file), ``source`` (where the data came from).
+
+    Raises:
+        ValueError: the file is not an npz archive, an array cannot be read, the split's keys are
+            missing (the message lists the expected ones), or a label is below -1 or not in
+            ``class_names``; every message names the file.
     """
 
     def __init__(
@@ -97,80 +155,104 @@ class NpzImageDataset(Dataset):
             if not path.is_file():
                 raise FileNotFoundError(f"npz dataset file not found: {path}")
             self.source = str(path)
-            arrays = np.load(path, allow_pickle=False)
+            arrays = _open_npz(path)
             keys = set(arrays.files)
+        try:
+            self._load(arrays, keys)
+        finally:
+            if hasattr(arrays, "close"):
+                arrays.close()
 
+    def _load(self, arrays: Any, keys: set[str]) -> None:
+        split, source = self.split, self.source
         jpeg_keys = (f"jpeg_{split}", f"offsets_{split}", f"y_{split}")
         raw_keys = (f"x_{split}", f"y_{split}")
         self._jpeg: Optional[np.ndarray] = None
         self._offsets: Optional[np.ndarray] = None
         self._x: Optional[np.ndarray] = None
         if all(k in keys for k in jpeg_keys):
-            self._jpeg = np.ascontiguousarray(arrays[jpeg_keys[0]], dtype=np.uint8).reshape(-1)
-            self._offsets = np.asarray(arrays[jpeg_keys[1]], dtype=np.int64).reshape(-1)
+            self._jpeg = np.ascontiguousarray(_read(arrays, jpeg_keys[0], source), dtype=np.uint8).reshape(-1)
+            self._offsets = _read(arrays, jpeg_keys[1], source).astype(np.int64).reshape(-1)
             n = len(self._offsets) - 1
         elif all(k in keys for k in raw_keys):
-            self._x = np.asarray(arrays[raw_keys[0]])
+            self._x = _read(arrays, raw_keys[0], source)
             if self._x.ndim != 4 or self._x.shape[-1] != 3 or self._x.dtype != np.uint8:
                 raise ValueError(
-                    f"{raw_keys[0]} in {self.source} must be (N, H, W, 3) uint8, "
+                    f"{raw_keys[0]} in {source} must be (N, H, W, 3) uint8, "
                     f"got {self._x.shape} {self._x.dtype}"
                 )
             n = len(self._x)
         else:
             raise ValueError(
-                f"{self.source} has no '{split}' split in a known layout: expected keys "
+                f"{source} has no '{split}' split in a known layout: expected keys "
                 f"{list(jpeg_keys)} (JPEG bytes) or {list(raw_keys)} (raw uint8 arrays); "
                 f"found {sorted(keys)}"
             )
-        self.targets = np.asarray(arrays[f"y_{split}"]).astype(np.int64).reshape(-1)
+        self.targets = _read(arrays, f"y_{split}", source).astype(np.int64).reshape(-1)
         if len(self.targets) != n:
             raise ValueError(
-                f"{self.source}: y_{split} has {len(self.targets)} labels for {n} images in split '{split}'"
+                f"{source}: y_{split} has {len(self.targets)} labels for {n} images in split '{split}'"
             )
         if self._offsets is not None and self._jpeg is not None:
             o = self._offsets
             if n < 0 or (n > 0 and (o[0] < 0 or np.any(np.diff(o) < 0) or o[-1] > len(self._jpeg))):
                 raise ValueError(
-                    f"{self.source}: offsets_{split} must be non-decreasing and within jpeg_{split} "
+                    f"{source}: offsets_{split} must be non-decreasing and within jpeg_{split} "
                     f"({len(self._jpeg)} bytes)"
                 )
         if "class_names" in keys:
-            self.classes = [str(c) for c in np.asarray(arrays["class_names"]).reshape(-1)]
+            self.classes = [str(c) for c in _read(arrays, "class_names", source).reshape(-1)]
         else:
-            k = int(self.targets.max()) + 1 if n and self.targets.max() >= 0 else 0
-            self.classes = [str(i) for i in range(k)]
-        if hasattr(arrays, "close"):
-            arrays.close()
+            self.classes = [str(i) for i in range(_npz_num_classes(arrays, keys, source) or 0)]
+        if n > 0:
+            lo, hi = int(self.targets.min()), int(self.targets.max())
+            if lo < -1 or ("class_names" in keys and hi >= len(self.classes)):
+                raise ValueError(
+                    f"{source}: y_{split} holds labels {lo}..{hi}; labels must be -1 (unknown) or "
+                    f"0..{len(self.classes) - 1} ({len(self.classes)} class_names)"
+                )
 
     @property
     def num_classes(self) -> int:
-        """Number of classes: ``len(class_names)`` when stored, else ``max(label) + 1``."""
+        """Number of classes: ``len(class_names)`` when stored, else ``max(label) + 1`` over all splits."""
         return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def describe(self, index: int) -> str:
+        """What image ``index`` is, for error messages: ``image <index> in split '<split>' of <file>``."""
+        return f"image {index} in split '{self.split}' of {self.source}"
+
+    def _bytes(self, index: int) -> bytes:
+        assert self._jpeg is not None and self._offsets is not None
+        return self._jpeg[self._offsets[index] : self._offsets[index + 1]].tobytes()
+
     def load_image(self, index: int) -> Image.Image:
-        """Decode image ``index`` as an RGB ``PIL.Image`` (no transform)."""
+        """Decode image ``index`` as an 8-bit RGB ``PIL.Image`` (no transform)."""
         if self._x is not None:
             return Image.fromarray(np.ascontiguousarray(self._x[index]))
-        assert self._jpeg is not None and self._offsets is not None
-        data = self._jpeg[self._offsets[index] : self._offsets[index + 1]].tobytes()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return img.convert("RGB")
-        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... on bad bytes
-            raise ValueError(
-                f"corrupt image {index} in split '{self.split}' of {self.source}: {type(e).__name__}: {e}"
-            ) from e
+        return open_rgb(self._bytes(index), self.describe(index))
 
     def load_raw(self, index: int) -> torch.Tensor:
-        """Image ``index`` undecoded: file bytes (1-D uint8), or ``(3, H, W)`` uint8 for raw arrays."""
+        """Image ``index`` for the device pipeline: a JPEG's bytes (1-D uint8), else ``(3, H, W)`` uint8.
+
+        Non-JPEG files (PNG, 16-bit, palette...) are decoded here, by the CPU path's rule, so both paths
+        read them alike.
+        """
         if self._x is not None:
             return torch.from_numpy(np.ascontiguousarray(self._x[index].transpose(2, 0, 1)))
         assert self._jpeg is not None and self._offsets is not None
-        return torch.from_numpy(self._jpeg[self._offsets[index] : self._offsets[index + 1]].copy())
+        data = torch.from_numpy(self._jpeg[self._offsets[index] : self._offsets[index + 1]].copy())
+        if is_jpeg(data):
+            return data
+        return rgb_tensor(open_rgb(self._bytes(index), self.describe(index)))
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` (from the file header; nothing is decoded)."""
+        if self._x is not None:
+            return int(self._x.shape[1]), int(self._x.shape[2])
+        return image_size(self._bytes(index))
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if index < 0:
@@ -188,23 +270,144 @@ class NpzImageDataset(Dataset):
         return f"{type(self).__name__}({self.source!r}, split={self.split!r}, n={len(self)})"
 
 
+def load_rgb(path: str) -> Image.Image:
+    """An image file as 8-bit RGB (``mvssl_lightning.data.images``); errors name the file."""
+    return open_rgb(path, f"image file {path}")
+
+
 def read_raw_image(path: str) -> torch.Tensor:
-    """An image file for the device pipeline: its bytes if it is a JPEG, else decoded ``(3, H, W)`` uint8."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """An image file for the device pipeline: its bytes if it is a JPEG, else decoded ``(3, H, W)`` uint8.
 
-    from mvssl_lightning.data.device.decode import is_jpeg
-
-    data = read_file(path)
-    if is_jpeg(data):
-        return data
+    Non-JPEG files are decoded with Pillow by the CPU path's rule (16-bit as ``value >> 8``, palette
+    looked up...), so both paths read them alike.
+    """
+    what = f"image file {path}"
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:  # a format torchvision cannot decode: let Pillow try
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} ({type(e).__name__}: {e})") from e
+    if data[:2] == b"\xff\xd8":  # JPEG: decoded in batches on the device or in the collate
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return rgb_tensor(open_rgb(data, what))
+
+
+def imagefolder_classes(train_dir: Path) -> list[str]:
+    """The class folders of ``train_dir``, sorted (torchvision's rule): index = label in every split."""
+    if not train_dir.is_dir():
+        raise FileNotFoundError(
+            f"imagefolder directory not found: {train_dir} (expected {train_dir.parent}/train/<class>/* "
+            f"and {train_dir.parent}/val/<class>/*)"
+        )
+    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {train_dir} (expected {train_dir}/<class>/<image files>)")
+    return classes
+
+
+class ImageFolderSplit(ImageFolder):
+    """One split of an image folder, labelled by a given class list (the ``train/`` folders).
+
+    Every split thus shares one class-to-index map. A class folder of ``root`` missing from
+    ``classes`` is a ``ValueError`` naming it; a class may have no folder (or no images) in ``root``
+    unless ``require_all`` (the training split, which defines the classes).  Images are read as 8-bit
+    RGB (:func:`load_rgb`), or for ``raw`` as :func:`read_raw_image` gives them; errors name the file.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        classes: list[str],
+        transform: Optional[Callable] = None,
+        raw: bool = False,
+        require_all: bool = False,
+        classes_from: Optional[PathLike] = None,
+    ) -> None:
+        self._given_classes = list(classes)
+        self._classes_from = classes_from
+        self.raw = raw
+        super().__init__(str(root), transform=None if raw else transform,
+                         loader=read_raw_image if raw else load_rgb, allow_empty=True)
+        counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
+        if require_all and (counts == 0).any():
+            empty = [str(Path(root) / c) for c, k in zip(self.classes, counts, strict=True) if k == 0]
+            raise FileNotFoundError(f"class folder(s) without image files: {', '.join(empty)}")
+        if not len(self.samples):
+            raise FileNotFoundError(f"no image files in the class folders of {root}")
+
+    def find_classes(self, directory: Union[str, os.PathLike]) -> tuple[list[str], dict[str, int]]:
+        """The given classes; a class folder of ``directory`` not among them is an error naming it."""
+        known = set(self._given_classes)
+        extra = sorted(e.name for e in os.scandir(str(directory)) if e.is_dir() and e.name not in known)
+        if extra:
+            where = self._classes_from or "the training split"
+            raise ValueError(
+                f"class folder(s) {', '.join(str(Path(directory) / c) for c in extra)} not in {where}: labels "
+                f"come from the training split's class folders ({', '.join(self._given_classes)}), so "
+                "every class of another split must have a folder there too"
+            )
+        return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
+
+    def describe(self, index: int) -> str:
+        """What image ``index`` is, for error messages: ``image file <path>``."""
+        return f"image file {self.samples[index][0]}"
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` (from the file header; nothing is decoded)."""
+        return image_size(self.samples[index][0])
+
+
+class WithSources(Dataset):
+    """``(item, label, source)`` for every ``(item, label)`` of ``dataset``: ``source`` names the image.
+
+    The device pipeline's collate keeps the sources with the undecoded images, so decoding errors name
+    the file (or npz entry) instead of a position in the batch.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str]:
+        item, label = self.dataset[index]
+        return item, label, describe_item(self.dataset, index)
+
+
+def describe_item(dataset: Dataset, index: int) -> str:
+    """What item ``index`` of ``dataset`` is (a file, an npz entry...), for error messages."""
+    describe = getattr(dataset, "describe", None)
+    if callable(describe):
+        return str(describe(index))
+    return f"image {index} of {type(dataset).__name__}"
+
+
+def sample_image_sizes(dataset: Dataset, n: int = 8) -> list[tuple[int, int]]:
+    """``(height, width)`` of up to ``n`` images spread over ``dataset``, read from headers only.
+
+    Knows ``NpzImageDataset``, ``ImageFolderSplit`` and torchvision's array datasets (CIFAR, STL-10);
+    returns ``[]`` for others, and skips images whose header cannot be read.
+    """
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    total = len(dataset)  # type: ignore[arg-type]
+    if total == 0:
+        return []
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4:  # CIFAR (N, H, W, 3), STL-10 (N, 3, H, W)
+        h, w = data.shape[1:3] if data.shape[-1] in (1, 3) else data.shape[2:4]
+        return [(int(h), int(w))] * min(n, total)
+    size_of = getattr(dataset, "image_size", None)
+    if not callable(size_of):
+        return []
+    sizes = []
+    for index in sorted({int(i) for i in np.linspace(0, total - 1, min(n, total)).round()}):
         try:
-            with Image.open(path) as img:
-                return T.PILToTensor()(img.convert("RGB"))
-        except Exception as e:
-            raise ValueError(f"corrupt or unreadable image {path}: {type(e).__name__}: {e}") from e
+            sizes.append(size_of(index))
+        except Exception:  # unreadable header: the loader names the file when training reaches it
+            continue
+    return sizes
 
 
 def _require_root(name: str, root: Optional[PathLike]) -> Path:
@@ -265,19 +468,19 @@ def build_dataset(
         return NpzImageDataset(embedded_default_path(), split, transform, raw=raw)
     if name == "npz":
         path = _require_root(name, root)
+        if path.is_dir():
+            raise FileNotFoundError(f"npz data_dir must be the .npz file, got the directory {path}")
         if not path.is_file():
             raise FileNotFoundError(f"npz dataset file not found: {path}")
         return NpzImageDataset(path, split, transform, raw=raw)
     if name == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
         base = _require_root(name, root)
+        classes = imagefolder_classes(base / "train")
         candidates = ["train"] if split == "train" else ["val", "test"]
         for sub in candidates:
             if (base / sub).is_dir():
-                if raw:
-                    return ImageFolder(str(base / sub), loader=read_raw_image)
-                return ImageFolder(str(base / sub), transform=transform)
+                return ImageFolderSplit(base / sub, classes, transform, raw=raw, require_all=split == "train",
+                                        classes_from=base / "train")
         raise FileNotFoundError(
             f"imagefolder directory not found: {base / candidates[0]} (expected {base}/train/<class>/* "
             f"and {base}/val/<class>/*)"
@@ -300,7 +503,9 @@ def build_dataset(
 def peek_num_classes(name: str, root: Optional[PathLike] = None) -> Optional[int]:
     """Number of classes of a dataset without decoding images (reads at most labels/dir names).
 
-    Returns ``None`` when it cannot be determined (e.g. the files are not there yet).
+    The same count the datasets report: an image folder's ``train/`` class folders; an npz file's
+    ``class_names``, else ``max(label) + 1`` over all its splits.  Returns ``None`` when it cannot be
+    determined (e.g. the files are not there yet).
     """
     name = name.lower()
     if name in NUM_CLASSES:
@@ -312,13 +517,10 @@ def peek_num_classes(name: str, root: Optional[PathLike] = None) -> Optional[int
         train = path / "train"
         if not train.is_dir():
             return None
-        return sum(1 for p in train.iterdir() if p.is_dir())
+        return len(imagefolder_classes(train))  # the classes every split is labelled with
     if name == "npz":
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as d:
-            if "class_names" in d.files:
-                return int(len(d["class_names"]))
-            ys = [d[k] for k in ("y_train", "y_test") if k in d.files]
-            return int(max(int(y.max()) for y in ys if len(y)) + 1) if ys else None
+        with _open_npz(path) as d:
+            return _npz_num_classes(d, set(d.files), str(path))
     return None

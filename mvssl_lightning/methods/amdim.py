@@ -69,6 +69,8 @@ class AMDIM(SiameseModule):
             schedule is :func:`amdim_lr_factor`; ``warmup_steps=None`` falls back to ``warmup_epochs``).
     """
 
+    default_views = "amdim"
+
     min_views = 2
     max_views = 2
 

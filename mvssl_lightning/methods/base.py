@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from mvssl_lightning.methods.momentum import EMATeacher
@@ -122,6 +123,8 @@ class SiameseModule(L.LightningModule):
         compile: ``torch.compile`` the backbone and its EMA copies (in ``configure_model``, in place, so
             checkpoints keep plain parameter names).
         check_finite: raise on a non-finite loss, naming the step and the offending terms.
+        skip_nonfinite_grads: when a gradient holds NaN or inf, zero all gradients of that step and warn
+            (the official MVEB code's ``skip_nan_grad_backward``); off by default.
     """
 
     #: how many views ``compute_loss`` accepts (``max_views=None``: no upper bound)
@@ -131,6 +134,9 @@ class SiameseModule(L.LightningModule):
     defaults: ClassVar[dict[str, Any]] = {}
     #: the EMA teachers, if the method has any (set in the constructor)
     ema: Optional[EMATeacher] = None
+    #: the view recipe of the official code (``MultiViewDataModule(views="auto")`` uses it; ``_cifar``
+    #: variant on 32 px data)
+    default_views: ClassVar[str] = "two_views"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -160,6 +166,7 @@ class SiameseModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
         super().__init__()
         if lr_scaling not in LR_SCALINGS:
@@ -191,6 +198,8 @@ class SiameseModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_backbone = compile
         self.check_finite = check_finite
+        self.skip_nonfinite_grads = skip_nonfinite_grads
+        self._rng_to_restore: Optional[dict[str, Any]] = None
 
     # ------------------------------------------------------------------ features
     def _prepare(self, x: Tensor) -> Tensor:
@@ -237,6 +246,18 @@ class SiameseModule(L.LightningModule):
         images, targets = batch
         return {"features": self(images).detach(), "targets": targets}
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if not self.skip_nonfinite_grads:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            rank_zero_warn(
+                f"non-finite gradient at global step {self.global_step}: all gradients of this step are "
+                f"zeroed (skip_nonfinite_grads)"
+            )
+            for g in grads:
+                g.zero_()
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning increments global_step after this hook returns
@@ -271,6 +292,33 @@ class SiameseModule(L.LightningModule):
             f"(epoch {self.current_epoch}, batch {batch_idx}); non-finite terms: {bad or ['loss']}; "
             f"terms: {values}. Lower the learning rate, check the inputs, or use precision 32 to debug."
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the method class, the logger version and the random-number generators' states, so that a
+        resumed run is checked against its configuration, logs into the same run directory and draws the
+        same random numbers (:mod:`mvssl_lightning.resume`)."""
+        logger = self._trainer.logger if self._trainer is not None else None
+        version = getattr(logger, "version", None)
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        checkpoint["mvssl"] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "log_version": version if isinstance(version, int) else None,
+            "rng": rng,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("mvssl", {}).get("rng")
+
+    def on_train_start(self) -> None:
+        # a resumed run continues the random stream where the checkpoint left it
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
 
     # ------------------------------------------------------------------ optimisation
     def scaled_lr(self) -> float:

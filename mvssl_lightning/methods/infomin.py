@@ -110,6 +110,8 @@ class InfoMin(SiameseModule):
     top-1 among ``1 + K`` candidates.
     """
 
+    default_views = "infomin"
+
     min_views = 2
     max_views = 11
 

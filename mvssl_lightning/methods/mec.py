@@ -89,6 +89,8 @@ class MEC(SiameseModule):
     ``train/lambda_inv`` and ``train/ema_momentum``.
     """
 
+    default_views = "asymmetric"
+
     min_views = 2
     max_views = 2
 

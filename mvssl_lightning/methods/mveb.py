@@ -58,6 +58,8 @@ class MVEB(SiameseModule):
         **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``).
     """
 
+    default_views = "mveb_multicrop"
+
     min_views = 2
     max_views = None
 

@@ -1,6 +1,6 @@
 from mvssl_lightning.models.amdim import AMDIMEncoder, AMDIMHead, build_amdim_encoder
 from mvssl_lightning.models.backbones import BACKBONES, build_backbone
-from mvssl_lightning.models.resnet import build_resnet, export_torchvision_state_dict
+from mvssl_lightning.models.resnet import build_resnet, export_torchvision_state_dict, torchvision_resnet
 
 __all__ = [
     "AMDIMEncoder",
@@ -10,4 +10,5 @@ __all__ = [
     "build_backbone",
     "build_resnet",
     "export_torchvision_state_dict",
+    "torchvision_resnet",
 ]

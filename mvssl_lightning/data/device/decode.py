@@ -9,17 +9,24 @@ on CUDA, libjpeg-turbo on the CPU) and pads the images into one ``(B, 3, H, W)``
 their true sizes.
 
 ``RawImages`` is neither a tensor nor a sequence, so Lightning's batch transfer leaves its bytes on
-the CPU, where ``decode_jpeg(..., device="cuda")`` wants them.
+the CPU, where ``decode_jpeg(..., device="cuda")`` wants them.  It also carries what each image is
+(a file path, or an npz entry with its index and split) when the samples say so -- ``(image, label,
+source)`` triples, as the data module's training set yields -- so a decoding error names the file.
+16-bit images are reduced to 8 bits as ``value >> 8``, the rule of
+:mod:`mvssl_lightning.data.images` (the workers already hand such files over decoded by that rule).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from mvssl_lightning.data.images import uint16_to_uint8
 
 __all__ = ["RawImages", "decode_to_batch", "is_jpeg", "pad_images", "raw_collate"]
 
@@ -32,45 +39,81 @@ def is_jpeg(data: Tensor) -> bool:
 
 
 class RawImages:
-    """A batch of images as file bytes (1-D uint8) or decoded ``(3, H, W)`` uint8 tensors, on the CPU."""
+    """A batch of images as file bytes (1-D uint8) or decoded ``(3, H, W)`` uint8 tensors, on the CPU.
 
-    def __init__(self, items: Sequence[Tensor]) -> None:
+    ``sources``: what each image is (e.g. ``"image file /data/train/cat/1.jpg"``), named by decoding
+    errors; ``None`` names positions in the batch instead.
+    """
+
+    def __init__(self, items: Sequence[Tensor], sources: Optional[Sequence[str]] = None) -> None:
         self.items = list(items)
+        self.sources = list(sources) if sources is not None else None
+        if self.sources is not None and len(self.sources) != len(self.items):
+            raise ValueError(f"RawImages got {len(self.sources)} sources for {len(self.items)} images")
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def describe(self, position: int) -> str:
+        """What image ``position`` is, for error messages."""
+        return self.sources[position] if self.sources is not None else f"image at position {position} of the batch"
+
     def pin_memory(self) -> "RawImages":
         """Pin the decoded images (file bytes stay as they are: the decoder reads them on the CPU)."""
-        return RawImages([t if t.dim() == 1 else t.pin_memory() for t in self.items])
+        return RawImages([t if t.dim() == 1 else t.pin_memory() for t in self.items], self.sources)
 
     def __repr__(self) -> str:
         n_bytes = sum(t.dim() == 1 for t in self.items)
         return f"{type(self).__name__}(n={len(self.items)}, encoded={n_bytes})"
 
 
-def _decode_cpu(data: Tensor, position: int) -> Tensor:
+#: torchvision's decoder errors start with "<function>, <C++ file>:<line>, "; the rest is the message.
+_CPP_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
+
+
+def _decode_cpu(data: Tensor, what: str) -> Tensor:
+    """Decode one image file's bytes to ``(3, H, W)`` uint8 (16-bit samples: ``value >> 8``)."""
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        img = decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError as e:
-        raise ValueError(f"corrupt image at position {position} of the batch: {e}") from e
+        raise ValueError(f"corrupt {what} ({_CPP_LOCATION.sub('', str(e))})") from e
+    if img.dim() == 4:  # an animated image: its first frame, as Pillow reads it
+        img = img[0]
+    if img.dtype == torch.uint16:
+        img = uint16_to_uint8(img)
+    if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"{what} decoded to {tuple(img.shape)} {img.dtype}, not (3, H, W) with 8- or 16-bit samples")
+    return img
 
 
-def _decode_all(items: list[Tensor], device: torch.device) -> list[Tensor]:
+def _as_uint8(item: Tensor, what: str) -> Tensor:
+    """A raw item as the pipeline takes it: file bytes (1-D uint8) or ``(3, H, W)`` uint8 (16-bit: ``>> 8``)."""
+    if item.dim() == 3 and item.dtype == torch.uint16:
+        return uint16_to_uint8(item)
+    if item.dtype != torch.uint8 or item.dim() not in (1, 3) or (item.dim() == 3 and item.shape[0] != 3):
+        raise ValueError(
+            f"{what} reached the gpu_views pipeline as {tuple(item.shape)} {item.dtype}; expected file bytes "
+            "(1-D uint8) or a (3, H, W) uint8 image"
+        )
+    return item
+
+
+def _decode_all(images: RawImages, device: torch.device) -> list[Tensor]:
     """Decode file bytes to ``(3, H, W)`` uint8 on ``device``; decoded items are only moved."""
+    items = images.items
     out: list[Tensor] = [t.to(device, non_blocking=True) if t.dim() == 3 else t for t in items]
     jpeg = [i for i, t in enumerate(items) if t.dim() == 1 and is_jpeg(t)] if device.type == "cuda" else []
     if jpeg:
         try:
             decoded = decode_jpeg([items[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # find the culprit with the CPU decoder for a clear message
-            decoded = [_decode_cpu(items[i], i).to(device) for i in jpeg]
+            decoded = [_decode_cpu(items[i], images.describe(i)).to(device) for i in jpeg]
         for i, img in zip(jpeg, decoded, strict=True):
             out[i] = img
     done = set(jpeg)
     for i, t in enumerate(items):
         if t.dim() == 1 and i not in done:
-            out[i] = _decode_cpu(t, i).to(device, non_blocking=True)
+            out[i] = _decode_cpu(t, images.describe(i)).to(device, non_blocking=True)
     return out
 
 
@@ -101,24 +144,29 @@ def decode_to_batch(images: Union[RawImages, Tensor], device: torch.device) -> t
             raise ValueError(f"expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}")
         b, _, h, w = images.shape
         return images.to(device, non_blocking=True), torch.tensor([[h, w]] * b, dtype=torch.int64)
-    return pad_images(_decode_all(images.items, torch.device(device)))
+    return pad_images(_decode_all(images, torch.device(device)))
 
 
 def raw_collate(
-    batch: Sequence[tuple[Tensor, Any]], decode_below: float = 0
+    batch: Sequence[tuple[Any, ...]], decode_below: float = 0
 ) -> tuple[Union[RawImages, Tensor], Tensor]:
-    """Collate ``(uint8 image or file bytes, label)`` samples for the device pipeline.
+    """Collate ``(uint8 image or file bytes, label)`` or ``(..., label, source)`` samples for the device pipeline.
 
     The worker decodes (libjpeg-turbo) every file smaller than ``decode_below`` bytes (``0``: none,
     ``inf``: all) -- small images decode faster on CPU cores than through a GPU decoder's per-image
     overhead.  When every image is then decoded and of one size the batch is one stacked
-    ``(B, 3, H, W)`` uint8 tensor (pinned and moved like any tensor); otherwise a :class:`RawImages`.
+    ``(B, 3, H, W)`` uint8 tensor (pinned and moved like any tensor); otherwise a :class:`RawImages`,
+    which keeps the samples' ``source`` strings (if given) for the decoder's error messages.
     """
-    items = [img for img, _ in batch]
-    targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
+    items = [sample[0] for sample in batch]
+    targets = torch.as_tensor([int(sample[1]) for sample in batch], dtype=torch.int64)
+    sources = [str(sample[2]) for sample in batch] if batch and all(len(s) > 2 for s in batch) else None
+    named = RawImages(items, sources)
+    items = [_as_uint8(t, named.describe(i)) for i, t in enumerate(items)]
     items = [
-        _decode_cpu(t, i) if t.dim() == 1 and t.numel() < decode_below else t for i, t in enumerate(items)
+        _decode_cpu(t, named.describe(i)) if t.dim() == 1 and t.numel() < decode_below else t
+        for i, t in enumerate(items)
     ]
-    if all(t.dim() == 3 for t in items) and len({tuple(t.shape) for t in items}) == 1:
+    if items and all(t.dim() == 3 for t in items) and len({tuple(t.shape) for t in items}) == 1:
         return torch.stack(items), targets
-    return RawImages(items), targets
+    return RawImages(items, sources), targets

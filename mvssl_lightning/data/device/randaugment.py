@@ -109,7 +109,7 @@ def _autocontrast(x: Tensor) -> Tensor:
 def _equalize(x: Tensor) -> Tensor:
     """PIL ``ImageOps.equalize`` per channel on ``round(255 x)``, in integer arithmetic."""
     n, c, h, w = x.shape
-    q = _levels(x).view(n * c, h * w)
+    q = _levels(x).reshape(n * c, h * w)  # reshape: the views of a batch may be non-contiguous
     rows = n * c
     offsets = torch.arange(rows, device=x.device).view(-1, 1) * 256
     hist = torch.bincount((q + offsets).view(-1), minlength=rows * 256).view(rows, 256)

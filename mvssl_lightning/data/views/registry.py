@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +45,25 @@ def _check_name(name: str) -> None:
 
 
 def get_view_recipe(name: str, **kwargs: Any) -> MultiViewRecipe:
-    """Build the view recipe ``name`` (a key of :data:`VIEW_RECIPES`) with ``kwargs``."""
+    """Build the view recipe ``name`` (a key of :data:`VIEW_RECIPES`) with ``kwargs``.
+
+    Keyword arguments the recipe does not take are left out with a warning naming them and the ones it
+    takes: switching ``--data.views`` (or ``--model.class_path`` to a method that needs other views)
+    keeps working when a config sets ``view_kwargs`` for another recipe (``n_local`` of MVEB's
+    multi-crop with ``two_views``).
+    """
     _check_name(name)
-    return VIEW_RECIPES[name](**kwargs)
+    factory = VIEW_RECIPES[name]
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        warnings.warn(
+            f"view_kwargs {unknown} are not arguments of view recipe '{name}' and are ignored; it takes "
+            f"{sorted(accepted)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return factory(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 def default_eval_view(recipe_name: str, **view_kwargs: Any) -> Callable[[Any], torch.Tensor]:

@@ -44,6 +44,8 @@ class ERBYOL(SiameseModule):
         **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.2, wd 1.5e-6).
     """
 
+    default_views = "asymmetric"
+
     #: BYOL's recipe: LARS, lr 0.2 x B/256, weight decay 1.5e-6
     defaults = {"lr": 0.2, "weight_decay": 1.5e-6}
 

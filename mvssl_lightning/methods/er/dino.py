@@ -55,6 +55,8 @@ class ERDINO(SiameseModule):
     Logs ``train/teacher_entropy`` (the discrete entropy of the teacher's batch-mean assignment) too.
     """
 
+    default_views = "mveb_multicrop"
+
     min_views = 2
     max_views = None
 

@@ -40,6 +40,8 @@ class ERSimCLR(SiameseModule):
         **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.3, wd 1e-6).
     """
 
+    default_views = "two_views"
+
     def __init__(
         self,
         proj_hidden_dim: int = 2048,

@@ -49,6 +49,8 @@ class ERSwAV(SiameseModule):
         **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.3, wd 1e-6).
     """
 
+    default_views = "mveb_multicrop"
+
     min_views = 2
     max_views = None
 

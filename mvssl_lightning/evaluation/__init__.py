@@ -1,0 +1,55 @@
+"""Evaluate a pre-trained backbone the way the papers do: linear evaluation, fine-tuning and kNN.
+
+- :class:`LinearEval`: a linear classifier on the frozen backbone of any pre-training checkpoint (or a
+  torchvision ResNet ``state_dict``, or a random backbone), with the optimisers and schedules of the
+  papers' protocols and an in-memory cached-features fast path;
+- :class:`FineTune`: the same with the backbone trained too (semi-supervised 1 % / 10 % protocol);
+- :class:`KNNEval`: weighted kNN accuracy (:class:`~mvssl_lightning.callbacks.OnlineKNN`'s computation);
+- :class:`LabeledDataModule`: ``(image, label)`` batches with the protocols' transforms and label subsets;
+- :func:`load_backbone`, :func:`linear_probe` (the quality benchmark's offline probe), and the
+  ``mvssl-eval`` command (:mod:`mvssl_lightning.evaluation.cli`) with one config per paper protocol in
+  ``configs/eval/``.
+"""
+
+from mvssl_lightning.evaluation.checkpoint import BackboneSource, load_backbone, sha256_file
+from mvssl_lightning.evaluation.data import (
+    FirstView,
+    LabeledDataModule,
+    balanced_label_subset,
+    dataset_targets,
+    read_label_list,
+)
+from mvssl_lightning.evaluation.features import (
+    EpochShuffle,
+    FeatureLoader,
+    ProbeResult,
+    extract_features,
+    linear_probe,
+)
+from mvssl_lightning.evaluation.modules import EvalModule, FineTune, KNNEval, LinearEval
+from mvssl_lightning.evaluation.optim import LARC, build_eval_optimizer, lr_factor
+from mvssl_lightning.evaluation.results import EvalResultsWriter
+
+__all__ = [
+    "LARC",
+    "BackboneSource",
+    "EpochShuffle",
+    "EvalModule",
+    "EvalResultsWriter",
+    "FeatureLoader",
+    "FineTune",
+    "FirstView",
+    "KNNEval",
+    "LabeledDataModule",
+    "LinearEval",
+    "ProbeResult",
+    "balanced_label_subset",
+    "build_eval_optimizer",
+    "dataset_targets",
+    "extract_features",
+    "linear_probe",
+    "load_backbone",
+    "lr_factor",
+    "read_label_list",
+    "sha256_file",
+]

@@ -1,0 +1,112 @@
+"""The ``mvssl-eval`` command: linear evaluation, fine-tuning and kNN of a checkpoint, as LightningCLI.
+
+    mvssl-eval fit --config configs/eval/linear_quickstart.yaml \\
+        --model.checkpoint runs/quickstart/version_0/checkpoints/last.ckpt
+    mvssl-eval validate --config configs/eval/knn_quickstart.yaml --model.checkpoint ...
+
+``fit`` trains the head (``LinearEval``) or the whole network (``FineTune``) and validates it;
+``validate`` evaluates (``KNNEval``, or a trained ``LinearEval`` with ``--ckpt_path``); LightningCLI's
+``--optimizer`` / ``--lr_scheduler`` are not offered (they would replace the protocol's optimiser and schedule,
+which are model settings: ``--model.optimizer``, ``--model.lr``, ...). The model is chosen by
+``model.class_path`` (every evaluation module subclasses ``EvalModule``), the data by
+``LabeledDataModule``'s arguments. As ``mvssl`` (``mvssl_lightning/cli.py``), every run starts from
+:data:`EVAL_TRAINER_DEFAULTS` and ``seed_everything: 0``, so a config holds only its protocol. After the
+run, ``<log_dir>/eval_results.json`` holds top-1 / top-5, the checkpoint's path and SHA-256, the resolved
+configuration and the wall time (:class:`~mvssl_lightning.evaluation.results.EvalResultsWriter`, whose
+file name is ``--results.filename``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from mvssl_lightning.evaluation.data import LabeledDataModule
+from mvssl_lightning.evaluation.modules import EvalModule
+from mvssl_lightning.evaluation.results import EvalResultsWriter
+from mvssl_lightning.precision import precision_for
+
+__all__ = ["EVAL_TRAINER_DEFAULTS", "EvalCLI", "main", "run_cli"]
+
+#: The trainer settings every evaluation config shares (as ``mvssl``'s ``TRAINER_DEFAULTS``: parser defaults,
+#: so ``--print_config`` shows them and a config overrides them; ``callbacks+:`` appends to the list).
+EVAL_TRAINER_DEFAULTS: dict[str, Any] = {
+    "log_every_n_steps": 50,
+    "check_val_every_n_epoch": 1,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # + name: <config name> in each config -> runs/<name>/version_<n>; no placeholder hp_metric = -1
+        "init_args": {"save_dir": "runs", "default_hp_metric": False},
+    },
+    "callbacks": [
+        # the evaluated module, frozen backbone included, every 10 epochs (and last.ckpt): enough to resume
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "every_n_epochs": 10},
+        },
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+    ],
+}
+
+
+class EvalCLI(LightningCLI):
+    """LightningCLI with ``fit`` and ``validate``, the shared trainer defaults and the results JSON."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({f"trainer.{key}": copy.deepcopy(value) for key, value in EVAL_TRAINER_DEFAULTS.items()})
+        parser.add_lightning_class_args(EvalResultsWriter, "results")
+
+    def before_instantiate_classes(self) -> None:
+        # as mvssl: a 16-bit precision on a run that ends up on the CPU becomes 32-true (one warning)
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        precision, warning = precision_for(config.trainer.get("precision"), config.trainer.get("accelerator"))
+        if warning is not None:
+            rank_zero_warn(warning)
+            config.trainer.precision = precision
+
+    def _attach_config(self) -> None:
+        """Give the results writer the resolved configuration of this run."""
+        subcommand = self.subcommand
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        dumped = yaml.safe_load(self._parser(subcommand).dump(config, skip_none=False))
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, EvalResultsWriter):
+                callback.config = dumped
+
+    def before_fit(self) -> None:
+        self._attach_config()
+
+    def before_validate(self) -> None:
+        self._attach_config()
+
+
+def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand and return the CLI object."""
+    return EvalCLI(
+        EvalModule,
+        LabeledDataModule,
+        subclass_mode_model=True,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,  # the protocol's optimiser and schedule are model settings
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point of the ``mvssl-eval`` console script (returns nothing, so the exit status is 0)."""
+    run_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""The evaluation LightningModules: linear evaluation, fine-tuning and kNN of a pre-trained backbone.
+
+All three load their backbone with :func:`~mvssl_lightning.evaluation.checkpoint.load_backbone` (a
+pre-training checkpoint of any method, a torchvision ResNet ``state_dict``, or ``None`` for a random
+backbone) and read ``(images, labels)`` batches (:class:`~mvssl_lightning.evaluation.LabeledDataModule`).
+The feature is the backbone's output, what the method's own ``forward`` gives: the pooled ResNet
+feature, or for AMDIM ``r1`` flattened (``(B, n_rkhs)``), the feature AMDIM's own classifiers read.
+
+**Linear evaluation** (:class:`LinearEval`), the protocol behind every ImageNet top-1 the seed papers
+report::
+
+    f = backbone(x)                       frozen: parameters fixed, BatchNorm in eval mode throughout
+    logits = W [BN(f)] + b                BN: BatchNorm1d(affine=False, eps=1e-6) when head_batchnorm (MEC)
+    L = cross_entropy(logits, y)          minimised over W, b only
+    lr = lr_0 * B * world / 256 * schedule(t)     (lr_scaling="linear"; B the per-process batch)
+
+"Frozen" follows the official linear scripts (``wlj6816/MVEB`` ``lineval.py``, ``xinliu20/MEC``
+``benchmarks/linearprob/main_lincls.py``: ``model.eval()`` for the whole training, so BatchNorm statistics
+never move, and a ``sanity_check`` that every backbone tensor is unchanged): the backbone stays in eval
+mode even when Lightning or the user calls ``.train()`` (:meth:`EvalModule.train` is overridden), its
+parameters have ``requires_grad=False`` and its forward runs under ``torch.no_grad``. The head's own
+BatchNorm trains. The protocols' settings (optimiser, lr, schedule, head) are arguments; each paper's
+values, with their sources, are the configs in ``configs/eval/``.
+
+**Fine-tuning** (:class:`FineTune`, the semi-supervised 1 % / 10 % protocol of ``facebookresearch/barlowtwins``
+``evaluate.py --weights finetune``): the same head, the backbone trainable at ``backbone_lr`` and in
+train mode (BatchNorm statistics update).
+
+**kNN** (:class:`KNNEval`): validation only; the weighted kNN classifier of
+:class:`~mvssl_lightning.callbacks.OnlineKNN` (returned by ``configure_callbacks``, so the computation
+exists once) with the training split as the bank and the evaluation split as the queries
+(``LabeledDataModule(knn_bank=True)``).
+
+Metrics (fractions in [0, 1]): ``val/top1``, ``val/top5`` (torchmetrics ``MulticlassAccuracy``,
+micro-averaged over the evaluation split), ``val/loss``, ``train/loss``; kNN: ``knn/top1``, ``knn/top5``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from mvssl_lightning.callbacks.knn import OnlineKNN
+from mvssl_lightning.evaluation.checkpoint import Backbone, load_backbone
+from mvssl_lightning.evaluation.features import extract_features
+from mvssl_lightning.evaluation.optim import (
+    EvalOptimizer,
+    Schedule,
+    ScheduleInterval,
+    build_eval_optimizer,
+    lr_factor,
+)
+
+__all__ = ["EvalModule", "FineTune", "HeadInit", "KNNEval", "LinearEval"]
+
+#: ``normal``: ``W ~ N(0, head_init_std^2)``, ``b = 0`` (MVEB, MEC, Barlow Twins); ``zeros``: both 0;
+#: ``default``: torch's ``nn.Linear`` init, ``U(-1/sqrt(d), 1/sqrt(d))`` for both (InfoMin; equal in
+#: distribution to the PyTorch 0.4.1 init AMDIM's ``weight_init`` applies).
+HeadInit = Literal["normal", "zeros", "default"]
+LRScaling = Literal["linear", "none"]
+
+
+class EvalModule(L.LightningModule):
+    """Base of the evaluation modules: the backbone to evaluate and its features.
+
+    Args:
+        checkpoint: pre-training checkpoint, torchvision ResNet ``state_dict`` file, or ``None`` (random).
+        backbone, cifar_stem, backbone_kwargs: the architecture; read from a pre-training checkpoint
+            (a value given here must agree), required for a ``state_dict`` or a random backbone.
+        zero_init_residual: initialisation of a random backbone.
+
+    Attributes: ``backbone``, ``feat_dim``, ``source`` (:class:`BackboneSource`: the file, its SHA-256, the
+    pre-training method). ``frozen`` (class attribute): the backbone is fixed and stays in eval mode.
+    """
+
+    #: the backbone's parameters are fixed and its BatchNorm layers stay in eval mode
+    frozen: bool = True
+
+    def __init__(
+        self,
+        checkpoint: Optional[str],
+        backbone: Optional[Backbone] = None,
+        cifar_stem: Optional[bool] = None,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.feat_dim, self.source = load_backbone(
+            checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs
+        )
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> EvalModule:
+        """``nn.Module.train``, except that a frozen backbone stays in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features ``(B, feat_dim)`` (AMDIM: ``r1`` flattened); no gradient when frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.backbone(x).flatten(start_dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    @torch.no_grad()
+    def extract_features(self, loader: Iterable[Any]) -> tuple[Tensor, Tensor]:
+        """``(features (N, D) float32, labels (N,))`` of a loader of ``(images, labels)``, on this module's
+        device, with the backbone in eval mode (its mode is restored)."""
+        was_training = self.backbone.training
+        dtype = next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.float32)
+        self.backbone.eval()
+        try:
+            return extract_features(lambda x: self.backbone(x.to(dtype)), loader, self.device)
+        finally:
+            self.backbone.train(was_training)
+
+    def _check_num_classes(self, num_classes: Optional[int]) -> None:
+        """The data module's class count (from its dataset's metadata) must equal the model's."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        found = getattr(datamodule, "num_classes", None)
+        if num_classes is not None and found is not None and found != num_classes:
+            name = getattr(datamodule, "dataset_name", type(datamodule).__name__)
+            raise ValueError(
+                f"the dataset {name!r} has {found} classes but {type(self).__name__} was built with "
+                f"num_classes={num_classes}; set model.num_classes: {found}"
+            )
+
+
+class LinearEval(EvalModule):
+    """Linear evaluation of a frozen pre-trained backbone (module docstring).
+
+    Args:
+        checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs: see :class:`EvalModule`.
+        num_classes: classes of the labelled data (checked against the data module's dataset).
+        head_batchnorm: ``BatchNorm1d(feat_dim, affine=False, eps=1e-6)`` before the linear layer (MEC).
+        head_init, head_init_std: initialisation of the linear layer (:data:`HeadInit`).
+        optimizer: ``sgd``, ``larc`` (apex LARC, MVEB / MEC), ``lars`` (lightly) or ``adam`` (AMDIM);
+            see :mod:`mvssl_lightning.evaluation.optim`.
+        lr: base learning rate of the head at ``reference_batch_size``.
+        lr_scaling: ``linear``: ``lr * batch_size * world_size * accumulate_grad_batches / reference_batch_size``;
+            ``none``: ``lr`` as given.
+        reference_batch_size: the batch size ``lr`` refers to (256).
+        batch_size: per-process batch size for the scaling; read from the data module when None.
+        momentum, betas, weight_decay, trust_coefficient: optimiser settings.
+        schedule: ``cosine`` (to 0), ``step`` (``gamma`` at each of ``milestones``) or ``constant``.
+        schedule_interval: ``epoch`` (the lr changes once per epoch, as the official loops) or ``step``.
+        milestones: epochs of the ``step`` schedule (0-indexed: from epoch ``m`` on the lr is multiplied
+            by one more ``gamma``).
+        gamma: decay factor of the ``step`` schedule.
+        cache_features: the cached-features fast path: the data module serves features extracted once
+            with the evaluation transform (needs ``train_transform: none``; one process).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[str],
+        num_classes: int,
+        backbone: Optional[Backbone] = None,
+        cifar_stem: Optional[bool] = None,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        head_batchnorm: bool = False,
+        head_init: HeadInit = "normal",
+        head_init_std: float = 0.01,
+        optimizer: EvalOptimizer = "sgd",
+        lr: float = 0.1,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        schedule: Schedule = "cosine",
+        schedule_interval: ScheduleInterval = "epoch",
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        cache_features: bool = False,
+    ) -> None:
+        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        if optimizer not in ("sgd", "larc", "lars", "adam"):
+            raise ValueError(f"optimizer must be one of sgd, larc, lars, adam; got {optimizer!r}")
+        if schedule not in ("cosine", "step", "constant") or schedule_interval not in ("epoch", "step"):
+            raise ValueError(f"unknown schedule {schedule!r} / schedule_interval {schedule_interval!r}")
+        if lr_scaling not in ("linear", "none"):
+            raise ValueError(f"lr_scaling must be 'linear' or 'none', got {lr_scaling!r}")
+        if cache_features and not self.frozen:
+            raise ValueError(f"cache_features needs a frozen backbone; {type(self).__name__} trains it")
+        self.save_hyperparameters()
+        self.num_classes = int(num_classes)
+        self.head = self._build_head(head_batchnorm, head_init, head_init_std)
+        self.optimizer_name = optimizer
+        self.lr, self.lr_scaling, self.batch_size = lr, lr_scaling, batch_size
+        self.reference_batch_size = reference_batch_size
+        self.momentum, self.betas, self.weight_decay = momentum, (float(betas[0]), float(betas[1])), weight_decay
+        self.trust_coefficient = trust_coefficient
+        self.schedule, self.schedule_interval = schedule, schedule_interval
+        self.milestones, self.gamma = [int(m) for m in milestones], gamma
+        self.cache_features = cache_features
+        self.val_top1 = MulticlassAccuracy(num_classes=self.num_classes, top_k=1, average="micro")
+        self.val_top5: Optional[MulticlassAccuracy] = None
+        if self.num_classes >= 5:
+            self.val_top5 = MulticlassAccuracy(num_classes=self.num_classes, top_k=5, average="micro")
+
+    def _build_head(self, batchnorm: bool, init: str, std: float) -> nn.Sequential:
+        linear = nn.Linear(self.feat_dim, self.num_classes)
+        if init == "normal":
+            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            nn.init.zeros_(linear.bias)
+        elif init == "zeros":
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        elif init != "default":
+            raise ValueError(f"head_init must be one of normal, zeros, default; got {init!r}")
+        layers: list[nn.Module] = [nn.BatchNorm1d(self.feat_dim, affine=False, eps=1e-6)] if batchnorm else []
+        return nn.Sequential(*layers, linear)
+
+    @property
+    def linear(self) -> nn.Linear:
+        """The head's linear layer."""
+        return self.head[-1]  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)`` of images ``(B, 3, H, W)`` or of cached features ``(B, D)``."""
+        return self.head(x if x.dim() == 2 else self.features(x))
+
+    # ------------------------------------------------------------------ steps
+    def setup(self, stage: str) -> None:
+        self._check_num_classes(self.num_classes)
+        if self.cache_features and self.trainer.world_size > 1:
+            raise ValueError(
+                f"cache_features runs on one process (got world size {self.trainer.world_size}); use "
+                "trainer.devices: 1 (features of ImageNet, 1.28M x 2048 floats, take 10 GB) or cache_features: false"
+            )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch
+        f = x if x.dim() == 2 else self.features(x)
+        out = {"features": f.detach(), "targets": y}
+        if dataloader_idx != len(self.trainer.num_val_batches) - 1:  # a kNN bank loader: features only
+            return out
+        logits = self.head(f)
+        kw: dict[str, Any] = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=y.shape[0])
+        self.val_top1.update(logits, y)
+        self.log("val/top1", self.val_top1, prog_bar=True, **kw)
+        if self.val_top5 is not None:
+            self.val_top5.update(logits, y)
+            self.log("val/top5", self.val_top5, **kw)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, **kw)
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def scale(self) -> float:
+        """The lr multiplier of ``lr_scaling``: ``batch_size * world_size * accumulate_grad_batches / 256``."""
+        if self.lr_scaling == "none":
+            return 1.0
+        per_process = self.batch_size
+        if per_process is None:
+            per_process = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if per_process is None:
+            raise ValueError(
+                "lr_scaling='linear' needs the per-process batch size: set model.batch_size, use a data module "
+                "with a batch_size attribute, or set lr_scaling: none"
+            )
+        trainer = self.trainer
+        return per_process * trainer.world_size * trainer.accumulate_grad_batches / self.reference_batch_size
+
+    def param_groups(self) -> list[dict]:
+        """The optimised parameter groups (the head's, at the scaled ``lr``)."""
+        return [{"params": list(self.head.parameters()), "lr": self.lr * self.scale()}]
+
+    def configure_optimizers(self) -> Any:
+        groups = self.param_groups()
+        optimizer = build_eval_optimizer(
+            self.optimizer_name, groups, groups[0]["lr"], self.momentum, self.weight_decay, self.betas,
+            self.trust_coefficient,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        batches = self.trainer.num_training_batches
+        per_epoch = (
+            max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
+            if math.isfinite(batches)
+            else max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        )
+        factor = partial(
+            lr_factor, schedule=self.schedule, interval=self.schedule_interval, steps_per_epoch=per_epoch,
+            total_steps=total, milestones=self.milestones, gamma=self.gamma,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class FineTune(LinearEval):
+    """Fine-tuning of the whole network with a linear head (semi-supervised protocol, module docstring).
+
+    The backbone trains at ``backbone_lr`` (scaled like ``lr``), in train mode; the head at ``lr``. Defaults:
+    Barlow Twins' ``evaluate.py --weights finetune`` (SGD, momentum 0.9, no weight decay, head ``lr`` 0.5,
+    ``backbone_lr`` 0.005, cosine per epoch, ``N(0, 0.01)`` head). Other arguments: :class:`LinearEval`
+    (``cache_features`` is not available: the features change).
+    """
+
+    frozen = False
+
+    def __init__(
+        self,
+        checkpoint: Optional[str],
+        num_classes: int,
+        backbone_lr: float = 0.005,
+        lr: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        if backbone_lr < 0:
+            raise ValueError(f"backbone_lr must be >= 0, got {backbone_lr}")
+        super().__init__(checkpoint, num_classes, lr=lr, **kwargs)
+        self.backbone_lr = backbone_lr
+
+    def param_groups(self) -> list[dict]:
+        scale = self.scale()
+        return [
+            {"params": list(self.head.parameters()), "lr": self.lr * scale},
+            {"params": list(self.backbone.parameters()), "lr": self.backbone_lr * scale},
+        ]
+
+
+class KNNEval(EvalModule):
+    """Weighted kNN accuracy of a frozen backbone: ``mvssl-eval validate`` only (module docstring).
+
+    Args:
+        checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs: see :class:`EvalModule`.
+        num_classes: classes (checked against the data; inferred from the bank labels when None).
+        k, temperature: :class:`~mvssl_lightning.callbacks.OnlineKNN`'s neighbours and vote temperature.
+
+    The data module must yield two validation loaders, bank then queries (``LabeledDataModule(knn_bank=True)``).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[str],
+        num_classes: Optional[int] = None,
+        k: int = 200,
+        temperature: float = 0.1,
+        backbone: Optional[Backbone] = None,
+        cifar_stem: Optional[bool] = None,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+    ) -> None:
+        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs)
+        self.save_hyperparameters()
+        self.knn = OnlineKNN(k=k, temperature=temperature, num_classes=num_classes, log_prefix="knn")
+        self.num_classes = num_classes
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.knn]
+
+    def setup(self, stage: str) -> None:
+        self._check_num_classes(self.num_classes)
+
+    def on_validation_start(self) -> None:
+        if len(self.trainer.num_val_batches) < 2:
+            raise ValueError(
+                "KNNEval needs two validation loaders, the bank (training split) then the queries: "
+                "set data.knn_bank: true"
+            )
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch
+        return {"features": self.features(x), "targets": y}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        raise RuntimeError("KNNEval has nothing to train: run `mvssl-eval validate` (trainer.validate)")
+
+    def configure_optimizers(self) -> Any:
+        raise RuntimeError("KNNEval has nothing to train: run `mvssl-eval validate` (trainer.validate)")
