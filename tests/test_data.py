@@ -353,3 +353,19 @@ def test_datamodule_cli_signature():
     dm = MultiViewDataModule(**cfg.data.as_dict())
     assert dm.view_transform(random_image())[0].shape == (3, 24, 24)
     assert "views: asymmetric_cifar" in parser.dump(cfg)
+
+
+@pytest.mark.parametrize("size, recipe", [(32, "two_views_cifar"), (40, "two_views_cifar"), (128, "two_views")])
+def test_views_auto_picks_the_32px_recipe_from_the_image_size_of_an_npz(tmp_path, size, recipe):
+    """``views: auto`` on a dataset of unknown size (npz, image folder) reads the images' size: CIFAR-sized
+    images get the ``_cifar`` recipe (32 px crops and evaluation), larger ones the 224 px recipe."""
+    from types import SimpleNamespace
+
+    x = smooth_images(6, size=size)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.arange(2))
+    dm = MultiViewDataModule(dataset="npz", data_dir=str(tmp_path / "d.npz"), views="auto", batch_size=2)
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(default_views="two_views"))
+    dm.setup("fit")
+    assert dm.views_name == recipe
+    views, _ = dm.train_dataset[0]
+    assert views[0].shape[-1] == (32 if recipe.endswith("_cifar") else 224)

@@ -21,6 +21,7 @@ def _fit(tmp_path: Path, max_epochs: int, *extra: str) -> subprocess.CompletedPr
         "--trainer.enable_progress_bar", "false",
         "--data.batch_size", "8", "--data.train_subset", "48", "--data.test_subset", "32",
         "--data.num_workers", "0", "--model.proj_hidden_dim", "64", "--model.proj_output_dim", "32",
+        "--model.class_path", "mvssl_lightning.methods.MVEB", "--data.views", "auto",  # a method with an EMA teacher
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -358,7 +358,7 @@ def test_linear_eval_command_on_a_pretrained_and_a_random_backbone(tmp_path, pre
     results = json.loads(results_path.read_text())
     assert results["stage"] == "fit" and results["checkpoint"]["path"] == str(pretrained)
     assert results["checkpoint"]["sha256"] == hashlib.sha256(pretrained.read_bytes()).hexdigest()
-    assert results["checkpoint"]["method"] == "mvssl_lightning.methods.MVEB"
+    assert results["checkpoint"]["method"] == "mvssl_lightning.methods.ERSimCLR"
     assert results["config"]["model"]["class_path"] == "mvssl_lightning.evaluation.LinearEval"
     assert results["wall_time_s"] > 0 and results["epoch"] == 8
     assert results["val_global_step"] == results["global_step"] == 8 * 4  # 1,000 images in batches of 256

@@ -39,3 +39,36 @@ def test_a_cifar_stem_does_not_load_into_the_standard_model_and_says_why():
     state = export_torchvision_state_dict(MVEB(backbone="resnet18", cifar_stem=True).backbone)
     with pytest.raises(RuntimeError, match="conv1.weight"):
         torchvision.models.resnet18().load_state_dict(state, strict=False)
+
+
+@pytest.mark.parametrize("name, expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_width_scales_every_stage_and_64_is_torchvision(name, expansion):
+    from mvssl_lightning.models.resnet import build_resnet
+
+    default, dim = build_resnet(name, width=64)
+    reference = getattr(torchvision.models, name)()
+    shapes = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in default.state_dict().items()} == shapes and dim == 512 * expansion
+    narrow, dim = build_resnet(name, width=16, cifar_stem=True)
+    sd = narrow.state_dict()
+    # closed form: stage k has 16 * 2**(k-1) planes (times the bottleneck's expansion at its output)
+    assert sd["conv1.weight"].shape == (16, 3, 3, 3) and dim == 128 * expansion
+    for k in range(1, 5):
+        planes = 16 * 2 ** (k - 1)
+        assert sd[f"layer{k}.0.conv1.weight"].shape[0] == planes
+        assert sd[f"layer{k}.0.bn1.weight"].shape == (planes,)
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 128 * expansion)
+    with pytest.raises(ValueError, match="width must be a positive multiple of 4, got 6"):
+        build_resnet(name, width=6)
+
+
+def test_a_narrow_backbone_exports_into_torchvision_resnet_of_the_same_width():
+    torch.manual_seed(0)
+    model = MVEB(backbone="resnet18", cifar_stem=True, backbone_kwargs={"width": 16}, proj_hidden_dim=16,
+                 proj_output_dim=8).eval()
+    net = torchvision_resnet("resnet18", cifar_stem=True, num_classes=10, width=16)
+    missing, unexpected = net.load_state_dict(export_torchvision_state_dict(model.backbone), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    net.fc = nn.Identity()
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(net.eval()(x), model(x), rtol=0, atol=0)

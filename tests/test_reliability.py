@@ -63,14 +63,14 @@ def test_resume_with_another_method_is_an_error(one_epoch_run, tmp_path, capsys)
                         "--model.class_path", "mvssl_lightning.methods.MEC", "--data.views", "two_views_cifar",
                         "--data.view_kwargs", "null", "--ckpt_path", str(one_epoch_run))
     assert code == 2
-    assert "was written by MVEB, but the configuration builds MEC" in err
+    assert "was written by ERSimCLR, but the configuration builds MEC" in err
 
 
 def test_resume_with_changed_hyperparameters_lists_them(one_epoch_run, tmp_path, capsys):
     code, err = exit_of(capsys, "fit", "--config", QUICKSTART, *TINY, "--trainer.default_root_dir", str(tmp_path),
-                        "--model.lr", "0.1", "--model.lambd", "0.02", "--ckpt_path", str(one_epoch_run))
+                        "--model.lr", "0.1", "--model.kappa", "5", "--ckpt_path", str(one_epoch_run))
     assert code == 2
-    assert "lr: 0.3 (checkpoint) != 0.1 (config)" in err and "lambd: 0.01 (checkpoint) != 0.02 (config)" in err
+    assert "lr: 1.0 (checkpoint) != 0.1 (config)" in err and "kappa: 10.0 (checkpoint) != 5.0 (config)" in err
 
 
 def test_ckpt_path_last_with_nothing_to_resume_stops(tmp_path, capsys):
@@ -99,7 +99,7 @@ def test_resume_logs_into_the_same_version_directory(tmp_path):
     assert versions == ["version_0"]
     last = torch.load(tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 8 and last["epoch"] == 1
-    assert last["mvssl"]["class_path"] == "mvssl_lightning.methods.mveb.MVEB" and last["mvssl"]["log_version"] == 0
+    assert last["mvssl"]["class_path"] == "mvssl_lightning.methods.er.simclr.ERSimCLR" and last["mvssl"]["log_version"] == 0
 
 
 # ----------------------------------------------------------------------------- 3. preemption
@@ -330,6 +330,6 @@ def test_switching_the_method_is_one_flag_with_views_auto(tmp_path):
     with a warning (used to be a TypeError, or a view-count error, unless --data.view_kwargs null)."""
     with pytest.warns(UserWarning, match=r"view_kwargs \['n_local'\] are not arguments of view recipe 'asymmetric_cifar'"):
         fit(tmp_path, "--data.views", "auto", "--model.class_path", "mvssl_lightning.methods.MEC",
-            "--trainer.max_steps", "2")
+            "--data.view_kwargs", "{n_local: 2}", "--trainer.max_steps", "2")
     last = torch.load(tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True)
     assert last["mvssl"]["class_path"] == "mvssl_lightning.methods.mec.MEC" and last["global_step"] == 2

@@ -66,7 +66,7 @@ def test_switching_the_method_reports_the_settings_that_are_not_its_own(tmp_path
             "--trainer.max_steps", "1")
     report = [r.getMessage() for r in caplog.records if "differ from the method's recipe defaults" in r.getMessage()]
     assert len(report) == 1 and report[0].startswith("MEC:")
-    assert "optimizer='lars' (default 'sgd')" in report[0] and "lr=0.3 (default 0.5)" in report[0]
+    assert "backbone='resnet18' (default 'resnet50')" in report[0] and "lr=1.0 (default 0.5)" in report[0]
 
 
 # ----------------------------------------------------------------------------- the first run (summary)
@@ -78,10 +78,10 @@ def test_fit_validates_at_start_and_ends_with_a_summary_and_a_learning_curve_pic
     from mvssl_lightning.callbacks import RunSummary
     from mvssl_lightning.callbacks.summary import plot_learning_curves
 
-    result = cli(tmp_path, "fit", "--validate_at_start", "true", "--trainer.max_epochs", "2",
-                 "--trainer.callbacks+=RunSummary", "--trainer.callbacks.offline_probe", "true",
-                 "--trainer.callbacks.probe_epochs", "2")
+    # the quickstart config validates at start and carries a RunSummary with the offline probe
+    result = cli(tmp_path, "fit", "--trainer.max_epochs", "2")
     (summary,) = [c for c in result.trainer.callbacks if isinstance(c, RunSummary)]
+    assert summary.offline_probe
     assert [r["epoch"] for r in summary.rows] == ["init", 0, 1]
     init, last = summary.rows[0], summary.rows[-1]
     assert "knn/top1" in init and "offline_probe/top1" in init and "probe/val_top1" not in init  # untrained

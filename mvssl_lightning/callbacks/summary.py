@@ -198,34 +198,48 @@ def format_summary(
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> dict[str, list[str]]:
-    """Two panels: every ``train/*`` term per epoch, and the accuracies per epoch (``init`` at -1).
+    """Left, one small panel per ``train/*`` term (each on its own scale); right, the accuracies.
 
-    Returns the series drawn per panel (``{"losses": [...], "accuracies": [...]}``)."""
+    Epochs are on the x axis, the validation before training (``init``) first.  Returns the series
+    drawn per side (``{"losses": [...], "accuracies": [...]}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    def x_of(row: dict[str, Any]) -> float:
-        return -1.0 if row["epoch"] == "init" else float(row["epoch"])
+    epochs = [r["epoch"] for r in rows]
+    ticks = list(range(len(epochs)))
+    labels = [str(e) for e in epochs]
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    losses, accuracies = fig.subplots(1, 2)
+    def series(key: str) -> Optional[tuple[list[int], list[float]]]:
+        points = [(i, float(r[key])) for i, r in enumerate(rows) if r.get(key) is not None]
+        return (list(zip(*points, strict=True)) if points else None)  # type: ignore[return-value]
+
     terms = sorted({k for r in rows for k in r if k.startswith("train/")})
-    for term in terms:
-        points = [(x_of(r), r[term]) for r in rows if term in r]
-        losses.plot(*zip(*points, strict=True), marker="o", label=term.removeprefix("train/"))
-    losses.set(title="training terms (epoch means)", xlabel="epoch")
-    if terms:
-        losses.legend(fontsize="small")
+    terms.sort(key=lambda k: k != "train/loss")  # the total first
+    fig = Figure(figsize=(11, max(3.5, 1.6 * len(terms))), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3], squeeze=False)[0]
+    drawn_terms = []
+    axes = left.subplots(max(1, len(terms)), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, term in zip(axes, terms, strict=False):
+        xy = series(term)
+        if xy:
+            ax.plot(*xy, marker="o", color="tab:gray" if term != "train/loss" else "tab:red")
+            ax.set_ylabel(term.removeprefix("train/"), fontsize="small")
+            ax.tick_params(labelsize="small")
+            ax.grid(alpha=0.3)
+            drawn_terms.append(term.removeprefix("train/"))
+    axes[0].set_title("training terms (epoch means)")
+    axes[-1].set(xticks=ticks, xticklabels=labels, xlabel="epoch", xlim=(-0.3, len(epochs) - 0.7))
+    acc = right.subplots()
     for key, title in ACCURACIES.items():
-        points = [(x_of(r), r[key]) for r in rows if key in r]
-        if points:
-            accuracies.plot(*zip(*points, strict=True), marker="o", label=title)
-    accuracies.set(title="test-split accuracy (epoch -1: initialisation)", xlabel="epoch", ylabel="top-1")
-    accuracies.legend(fontsize="small")
+        xy = series(key)
+        if xy:
+            acc.plot(*xy, marker="o", label=title)
+    acc.set(title="accuracy on the test split", xlabel="epoch", ylabel="top-1", xticks=ticks, xticklabels=labels,
+            xlim=(-0.3, len(epochs) - 0.7))
+    acc.grid(alpha=0.3)
+    if acc.get_lines():
+        acc.legend(fontsize="small")
     fig.savefig(path, dpi=100)
-    return {
-        "losses": [line.get_label() for line in losses.get_lines()],
-        "accuracies": [line.get_label() for line in accuracies.get_lines()],
-    }
+    return {"losses": drawn_terms, "accuracies": [line.get_label() for line in acc.get_lines()]}

@@ -63,6 +63,8 @@ __all__ = ["MultiViewDataModule", "multiview_collate"]
 
 #: Datasets of 32 px images.
 CIFAR_SIZED = ("default", "cifar10", "cifar100")
+#: ``views: auto`` on other datasets takes the ``_cifar`` recipe when the images' median shorter side is at most this
+CIFAR_SIZED_MAX_SIDE = 64
 
 #: Where ``gpu_views`` decodes JPEGs (see ``MultiViewDataModule``).
 DecodeMode = Literal["auto", "device", "workers"]
@@ -162,7 +164,8 @@ class MultiViewDataModule(L.LightningDataModule):
             (``data_dir/train``, ``data_dir/val``) or ``"npz"`` (``data_dir`` is the file).
         data_dir: directory (or npz file) of the dataset; ignored for ``"default"``.
         views: ``"auto"`` (the recipe of the method being trained: its ``default_views``, with the
-            ``_cifar`` variant on 32 px datasets; chosen in ``setup``, so switching
+            ``_cifar`` variant on CIFAR / CIFAR-100 and on npz or folder images whose median shorter side is
+            at most 64 px; chosen in ``setup``, so switching
             ``--model.class_path`` switches the views too), a recipe name of
             ``mvssl_lightning.data.views.VIEW_RECIPES``, any callable
             ``PIL image -> list of tensors`` (e.g. a lightly transform; in YAML as ``class_path`` /
@@ -293,8 +296,14 @@ class MultiViewDataModule(L.LightningDataModule):
                 "views: auto takes the view recipe from the method being trained (its default_views); "
                 f"{'there is no Trainer' if model is None else type(model).__name__ + ' has none'}: set data.views"
             )
-        self._use_recipe(name + ("_cifar" if self.dataset_name in CIFAR_SIZED else ""))
+        small = self.dataset_name in CIFAR_SIZED or self._median_shorter_side() <= CIFAR_SIZED_MAX_SIDE
+        self._use_recipe(name + ("_cifar" if small else ""))
         rank_zero_info(f"views: auto -> '{self.views_name}' (the default of {type(model).__name__})")
+
+    def _median_shorter_side(self) -> float:
+        """Median shorter side of a few training images (headers only); ``inf`` when unknown."""
+        sizes = sample_image_sizes(self._build("train", None), SIZE_SAMPLE)  # type: ignore[arg-type]
+        return statistics.median(min(h, w) for h, w in sizes) if sizes else math.inf
 
     # ------------------------------------------------------------------ properties
     @property
