@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,22 @@ def test_ddp_fit_then_resume(tmp_path):
     key = "teacher_backbone.conv1.weight"
     assert not torch.equal(state["state_dict"][key], resumed["state_dict"][key])
     assert any("OnlineLinearProbe" in k for k in resumed["callbacks"])
+
+
+def test_ddp_eval_writes_its_results_and_exits(tmp_path):
+    """``mvssl-eval`` under 2 DDP processes finishes and writes eval_results.json (rank 0 used to wait
+    alone in ``Trainer.log_dir``, a collective the other rank had skipped)."""
+    cmd = [
+        str(Path(sys.executable).parent / "mvssl-eval"), "validate",
+        "--config", str(REPO / "configs/eval/knn_quickstart.yaml"),
+        "--model.checkpoint", "null", "--model.backbone", "resnet18", "--model.cifar_stem", "false",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--data.train_subset", "32", "--data.val_subset", "16", "--data.batch_size", "8", "--data.num_workers", "0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = tmp_path.glob("runs/knn_quickstart/version_0/eval_results.json")
+    assert 0.0 <= json.loads(results.read_text())["top1"] <= 1.0

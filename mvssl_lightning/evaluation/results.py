@@ -95,9 +95,10 @@ class EvalResultsWriter(pl.Callback):
         }
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        run_dir = trainer.log_dir  # a collective under DDP: every process asks
         if not trainer.is_global_zero:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = Path(run_dir or trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.path = log_dir / self.filename
         self.path.write_text(json.dumps(self.results(trainer, pl_module, stage), indent=2, default=str) + "\n")
