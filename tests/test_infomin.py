@@ -458,3 +458,23 @@ def test_posterize_to_zero_bits_is_black_as_in_the_official_code():
     img = Image.new("RGB", (8, 8), (200, 100, 50))
     out = rand_augment_op(img, "PosterizeTpu", 1.0)
     assert out.size == (8, 8) and out.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+@pytest.mark.parametrize("name", ["infomin", "infomin_cifar"])
+def test_view_kwargs_of_the_infomin_view_reach_it_through_the_recipe_name(name):
+    """``views: infomin`` with ``view_kwargs: {ra_magnitude: 3, gray: 0}`` builds those views, without an
+    "ignored" warning (the names are arguments of the recipe)."""
+    import warnings
+
+    from torchvision import transforms as T
+
+    from mvssl_lightning.data.views import get_view_recipe
+    from mvssl_lightning.data.views.infomin import InfoMinRandAugment
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe = get_view_recipe(name, ra_magnitude=3.0, gray=0.0)
+    steps = recipe.transforms[0].transforms
+    (ra,) = [s for s in steps if isinstance(s, InfoMinRandAugment)]
+    (gray,) = [s for s in steps if isinstance(s, T.RandomGrayscale)]
+    assert ra.magnitude == 3.0 and gray.p == 0.0

@@ -292,15 +292,29 @@ def infomin_views(
     jigsaw_scale: Sequence[float] = (0.6, 1.0),
     jigsaw_grid: int = 3,
     jigsaw_patch_size: int = 64,
+    hf_prob: float = 0.5,
+    color_jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
+    cj_prob: float = 0.8,
+    blur_kernel: int = 23,
+    sigmas: Sequence[float] = (0.1, 2.0),
+    ra_num_ops: int = 2,
+    ra_magnitude: float = 10.0,
+    ra_magnitude_std: float = 0.5,
+    ra_prob: float = 0.5,
+    ra_fill: Optional[Sequence[int]] = None,
+    gray: float = 0.2,
     normalize: Normalize = IMAGENET_NORMALIZE,
-    **view_kwargs,
 ) -> InfoMinViews:
     """The InfoMin recipe: 2 InfoMin views (224 px) + 9 jigsaw patches (64 px) when ``jigsaw``.
 
-    ``view_kwargs`` go to :func:`infomin_view` (``color_jitter``, ``ra_magnitude``, ...).  Views per
-    image: 11 with jigsaw, 2 without (matching ``InfoMin(jigsaw=...)``).
+    The arguments from ``hf_prob`` on are those of :func:`infomin_view`.  Views per image: 11 with
+    jigsaw, 2 without (matching ``InfoMin(jigsaw=...)``).
     """
-    view = infomin_view(size=size, scale=scale, blur=blur, normalize=normalize, **view_kwargs)
+    view = infomin_view(
+        size=size, scale=scale, hf_prob=hf_prob, color_jitter=color_jitter, cj_prob=cj_prob, blur=blur,
+        blur_kernel=blur_kernel, sigmas=sigmas, ra_num_ops=ra_num_ops, ra_magnitude=ra_magnitude,
+        ra_magnitude_std=ra_magnitude_std, ra_prob=ra_prob, ra_fill=ra_fill, gray=gray, normalize=normalize,
+    )
     patches = (
         JigsawPatches(jigsaw_size, jigsaw_scale, jigsaw_grid, jigsaw_patch_size, normalize=normalize)
         if jigsaw else None
@@ -316,8 +330,16 @@ def infomin_views_cifar(
     jigsaw_scale: Sequence[float] = (0.6, 1.0),
     jigsaw_grid: int = 3,
     jigsaw_patch_size: int = 8,
+    hf_prob: float = 0.5,
+    color_jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
+    cj_prob: float = 0.8,
+    ra_num_ops: int = 2,
+    ra_magnitude: float = 10.0,
+    ra_magnitude_std: float = 0.5,
+    ra_prob: float = 0.5,
+    ra_fill: Optional[Sequence[int]] = None,
+    gray: float = 0.2,
     normalize: Normalize = CIFAR10_NORMALIZE,
-    **view_kwargs,
 ) -> InfoMinViews:
     """CIFAR-sized InfoMin recipe: 32 px, no blur, RandAugment fill = the data's mean pixel.
 
@@ -328,7 +350,9 @@ def infomin_views_cifar(
     """
     recipe = infomin_views(
         size=size, scale=scale, blur=0.0, jigsaw=jigsaw, jigsaw_size=jigsaw_size, jigsaw_scale=jigsaw_scale,
-        jigsaw_grid=jigsaw_grid, jigsaw_patch_size=jigsaw_patch_size, normalize=normalize, **view_kwargs,
+        jigsaw_grid=jigsaw_grid, jigsaw_patch_size=jigsaw_patch_size, hf_prob=hf_prob, color_jitter=color_jitter,
+        cj_prob=cj_prob, ra_num_ops=ra_num_ops, ra_magnitude=ra_magnitude, ra_magnitude_std=ra_magnitude_std,
+        ra_prob=ra_prob, ra_fill=ra_fill, gray=gray, normalize=normalize,
     )
     recipe.name = "infomin_cifar"
     return recipe
