@@ -66,8 +66,11 @@ def test_a_narrow_backbone_exports_into_torchvision_resnet_of_the_same_width():
     torch.manual_seed(0)
     model = MVEB(backbone="resnet18", cifar_stem=True, backbone_kwargs={"width": 16}, proj_hidden_dim=16,
                  proj_output_dim=8).eval()
+    state = export_torchvision_state_dict(model.backbone)
+    # named as torchvision's own resnet18 (an independent reference), only the shapes are narrower
+    assert set(state) == {k for k in torchvision.models.resnet18().state_dict() if not k.startswith("fc.")}
     net = torchvision_resnet("resnet18", cifar_stem=True, num_classes=10, width=16)
-    missing, unexpected = net.load_state_dict(export_torchvision_state_dict(model.backbone), strict=False)
+    missing, unexpected = net.load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     net.fc = nn.Identity()
     x = torch.randn(4, 3, 32, 32)

@@ -89,11 +89,9 @@ matplotlib is imported only there (the Agg canvas; pyplot's global state is not 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -107,7 +105,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mvssl_lightning.callbacks.features import all_gather_cat
+from mvssl_lightning.callbacks.features import all_gather_cat, eval_mode, param_dtype
+from mvssl_lightning.data.order import seeded_rngs
 from mvssl_lightning.losses.er import Reduction, er_sphere_entropy
 from mvssl_lightning.losses.mec import mec_lambda
 
@@ -257,21 +256,6 @@ class _Inputs:
     x: Tensor
     y: Tensor
     views: Optional[tuple[Tensor, Tensor]]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed the global torch (CPU), NumPy and ``random`` generators; restore all three afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed % 2**63)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def _untransformed_reader(dataset: Dataset) -> Optional[Callable[[int], Any]]:
@@ -447,7 +431,7 @@ class RepresentationDiagnostics(pl.Callback):
         xs, ys, v1s, v2s = [], [], [], []
         with_views = raw_reader is not None and view_transform is not None
         for i in share:
-            with _seeded(self.seed * 1_000_003 + int(i)):
+            with seeded_rngs(self.seed * 1_000_003 + int(i)):
                 item = dataset[i]
                 x = _as_tensor(item[0]) if isinstance(item, Sequence) and len(item) >= 2 else None
                 if x is None:
@@ -488,20 +472,15 @@ class RepresentationDiagnostics(pl.Callback):
     def _embed(self, pl_module: pl.LightningModule, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """Backbone and projector embeddings ``(n, d)`` (float32, on the module's device), in eval mode."""
         projector = self._projector(pl_module)
-        modes = [(m, m.training) for m in pl_module.modules()]
-        dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), torch.float32)
+        dtype = param_dtype(pl_module, torch.float32)
         hs, ps = [], []
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             for chunk in x.split(self.batch_size):
                 chunk = chunk.to(pl_module.device, dtype=dtype if chunk.is_floating_point() else None)
                 h = pl_module(chunk)
                 hs.append(h.flatten(start_dim=1).float())
                 if projector is not None:
                     ps.append(projector(h).flatten(start_dim=1).float())
-        finally:
-            for m, training in modes:
-                m.training = training
         return torch.cat(hs), (torch.cat(ps) if ps else None)
 
     # ------------------------------------------------------------------ hooks

@@ -7,12 +7,13 @@ contract), else from ``pl_module(x)`` under ``no_grad`` in eval mode (a user's o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -28,24 +29,35 @@ def split_batch(batch: Any) -> tuple[Optional[Tensor], Optional[Tensor]]:
     return x, y
 
 
-@torch.no_grad()
-def forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-    """``pl_module(x)`` without gradients and in eval mode.
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module.eval()`` for the block; every submodule's train/eval flag is restored afterwards.
 
-    Eval mode keeps the module untouched (no BatchNorm running-stat updates, no dropout random
-    numbers drawn); every submodule's train/eval flag is restored afterwards.
+    Eval mode keeps the module untouched: no BatchNorm running-stat updates, no dropout random numbers.
     """
-    modes = [(m, m.training) for m in pl_module.modules()]
-    dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
-    if dtype is not None and x.is_floating_point():
-        x = x.to(dtype)  # e.g. a module in "bf16-true" precision
-    pl_module.eval()
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
-        f = pl_module(x)
+        yield
     finally:
         for m, training in modes:
             m.training = training
-    return f
+
+
+def param_dtype(module: nn.Module, default: Optional[torch.dtype] = None) -> Optional[torch.dtype]:
+    """The dtype of the module's first floating-point parameter (e.g. bf16 under "bf16-true"), or ``default``."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), default)
+
+
+@torch.no_grad()
+def forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+    """``pl_module(x)`` without gradients and in eval mode (:func:`eval_mode`), the input cast to the
+    parameters' dtype."""
+    dtype = param_dtype(pl_module)
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)
+    with eval_mode(pl_module):
+        return pl_module(x)
 
 
 def features_and_targets(

@@ -16,7 +16,6 @@ commands to run, and writes into the run directory ``summary.json`` and ``learni
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,8 +60,8 @@ class RunSummary(pl.Callback):
         self.plot = plot
         self.print_summary = print_summary
         self.rows: list[dict[str, Any]] = []
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._sums: dict[str, Tensor | float] = {}
+        self._counts: dict[str, Tensor | int] = {}
         self._features: dict[int, list[tuple[Tensor, Tensor]]] = {0: [], 1: []}
 
     # ------------------------------------------------------------------ training terms
@@ -72,12 +71,15 @@ class RunSummary(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # summed where they are (no host sync per step); finite values only, read once per epoch
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/") and not key.endswith("_epoch") and isinstance(value, Tensor):
-                if value.numel() == 1 and math.isfinite(float(value)):
+                if value.numel() == 1:
                     name = key.removesuffix("_step")
-                    self._sums[name] = self._sums.get(name, 0.0) + float(value)
-                    self._counts[name] = self._counts.get(name, 0) + 1
+                    v = value.detach().float().reshape(())
+                    finite = torch.isfinite(v)
+                    self._sums[name] = self._sums.get(name, 0.0) + torch.where(finite, v, torch.zeros_like(v))
+                    self._counts[name] = self._counts.get(name, 0) + finite.long()
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -104,7 +106,8 @@ class RunSummary(pl.Callback):
         fitting = trainer.state.fn == "fit"
         row: dict[str, Any] = {"epoch": trainer.current_epoch if fitting else "init", "step": trainer.global_step}
         if fitting:
-            row.update({k: self._sums[k] / self._counts[k] for k in sorted(self._sums)})
+            counts = {k: int(n) for k, n in self._counts.items()}
+            row.update({k: float(self._sums[k]) / counts[k] for k in sorted(self._sums) if counts[k]})
         for key in ACCURACIES:
             value = trainer.callback_metrics.get(key)
             if isinstance(value, Tensor) and value.numel() == 1:
@@ -202,9 +205,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> dict[str, li
 
     Epochs are on the x axis, the validation before training (``init``) first.  Returns the series
     drawn per side (``{"losses": [...], "accuracies": [...]}``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
@@ -218,6 +219,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> dict[str, li
     terms = sorted({k for r in rows for k in r if k.startswith("train/")})
     terms.sort(key=lambda k: k != "train/loss")  # the total first
     fig = Figure(figsize=(11, max(3.5, 1.6 * len(terms))), layout="constrained")
+    FigureCanvasAgg(fig)  # draws without pyplot, leaving the user's matplotlib backend alone
     left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3], squeeze=False)[0]
     drawn_terms = []
     axes = left.subplots(max(1, len(terms)), 1, sharex=True, squeeze=False)[:, 0]

@@ -277,6 +277,7 @@ class MultiViewDataModule(L.LightningDataModule):
         self._view_generator: Optional[torch.Generator] = None
         self._pending_generator_state: Optional[torch.Tensor] = None
         self._resume_position: Optional[dict[str, int]] = None
+        self._sampled_sides: Optional[list[int]] = None
         self.train_dataset: Optional[Dataset] = None
         self.eval_train_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
@@ -296,14 +297,18 @@ class MultiViewDataModule(L.LightningDataModule):
                 "views: auto takes the view recipe from the method being trained (its default_views); "
                 f"{'there is no Trainer' if model is None else type(model).__name__ + ' has none'}: set data.views"
             )
-        small = self.dataset_name in CIFAR_SIZED or self._median_shorter_side() <= CIFAR_SIZED_MAX_SIDE
+        sides = [] if self.dataset_name in CIFAR_SIZED else self._shorter_sides()
+        small = self.dataset_name in CIFAR_SIZED or (bool(sides) and statistics.median(sides) <= CIFAR_SIZED_MAX_SIDE)
         self._use_recipe(name + ("_cifar" if small else ""))
         rank_zero_info(f"views: auto -> '{self.views_name}' (the default of {type(model).__name__})")
 
-    def _median_shorter_side(self) -> float:
-        """Median shorter side of a few training images (headers only); ``inf`` when unknown."""
-        sizes = sample_image_sizes(self._build("train", None), SIZE_SAMPLE)  # type: ignore[arg-type]
-        return statistics.median(min(h, w) for h, w in sizes) if sizes else math.inf
+    def _shorter_sides(self, train: Optional[Dataset] = None) -> list[int]:
+        """Shorter sides of a few training images (headers only; ``[]`` when unknown), read once: from
+        ``train`` when given, else from the training split built for this."""
+        if self._sampled_sides is None:
+            dataset = train if train is not None else self._build("train", None)  # type: ignore[arg-type]
+            self._sampled_sides = [min(h, w) for h, w in sample_image_sizes(dataset, SIZE_SAMPLE)]
+        return self._sampled_sides
 
     # ------------------------------------------------------------------ properties
     @property
@@ -368,14 +373,14 @@ class MultiViewDataModule(L.LightningDataModule):
         crop = _largest_crop(self.view_transform)
         if crop is None or self.eval_train_dataset is None:
             return
-        sizes = sample_image_sizes(self.eval_train_dataset, SIZE_SAMPLE)
-        if not sizes:
+        sides = self._shorter_sides(self.eval_train_dataset)
+        if not sides:
             return
-        shorter = statistics.median(min(h, w) for h, w in sizes)
+        shorter = statistics.median(sides)
         if shorter < SMALL_IMAGE_FRACTION * crop:
             rank_zero_warn(
                 f"the training images are much smaller than the view recipe's crops: median shorter side "
-                f"{shorter:g} px over {len(sizes)} sampled images of dataset '{self.dataset_name}', largest "
+                f"{shorter:g} px over {len(sides)} sampled images of dataset '{self.dataset_name}', largest "
                 f"crop {crop} px in view recipe '{self.views_name}', so every crop is enlarged more than "
                 f"{1 / SMALL_IMAGE_FRACTION:g}x; use a recipe sized for these images (a *_cifar recipe, or "
                 "view_kwargs such as size / global_size)"
@@ -438,7 +443,7 @@ class MultiViewDataModule(L.LightningDataModule):
             self._resume_position = None
         workers = self.num_workers
         return DataLoader(
-            SeededSamples(self.train_dataset, seed),  # type: ignore[arg-type]
+            SeededSamples(self.train_dataset, seed, reseed=self.device_views is None),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=drop_last,

@@ -19,6 +19,7 @@ interrupted and resumed run reproduces the uninterrupted one bit for bit on the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["ResumableSampler", "SeededSamples", "batches_done", "sample_seed"]
+__all__ = ["ResumableSampler", "SeededSamples", "batches_done", "sample_seed", "seeded_rngs"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -37,13 +38,32 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") % 2**63
 
 
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed the global torch (CPU), NumPy and ``random`` generators; restore all three afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # CPU generator only: the CUDA ones are left alone
+        torch.default_generator.manual_seed(seed % 2**63)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class SeededSamples(Dataset):
     """``dataset[index]`` for keys ``(epoch, index)``, with every random generator seeded from
-    ``(seed, epoch, index)`` while the item is read and transformed (module docstring)."""
+    ``(seed, epoch, index)`` while the item is read and transformed (module docstring).
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    ``reseed=False`` reads items without touching the generators, for datasets whose reading draws
+    nothing (raw bytes for the device views, which have a generator of their own)."""
+
+    def __init__(self, dataset: Dataset, seed: int, reseed: bool = True) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.reseed = reseed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -53,17 +73,10 @@ class SeededSamples(Dataset):
             epoch, index = key
         else:  # a plain index (e.g. a user's own sampler): epoch 0
             epoch, index = 0, key
-        s = sample_seed(self.seed, int(epoch), int(index))
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):  # CPU generator only: the CUDA ones are left alone
-            torch.default_generator.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        if not self.reseed:
+            return self.dataset[index]
+        with seeded_rngs(sample_seed(self.seed, int(epoch), int(index))):
+            return self.dataset[index]
 
 
 class ResumableSampler(DistributedSampler):

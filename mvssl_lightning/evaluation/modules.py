@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from mvssl_lightning.callbacks.features import eval_mode, param_dtype
 from mvssl_lightning.callbacks.knn import OnlineKNN
 from mvssl_lightning.evaluation.checkpoint import Backbone, load_backbone
 from mvssl_lightning.evaluation.features import extract_features
@@ -119,13 +120,9 @@ class EvalModule(L.LightningModule):
     def extract_features(self, loader: Iterable[Any]) -> tuple[Tensor, Tensor]:
         """``(features (N, D) float32, labels (N,))`` of a loader of ``(images, labels)``, on this module's
         device, with the backbone in eval mode (its mode is restored)."""
-        was_training = self.backbone.training
-        dtype = next((p.dtype for p in self.backbone.parameters() if p.is_floating_point()), torch.float32)
-        self.backbone.eval()
-        try:
+        dtype = param_dtype(self.backbone, torch.float32)
+        with eval_mode(self.backbone):
             return extract_features(lambda x: self.backbone(x.to(dtype)), loader, self.device)
-        finally:
-            self.backbone.train(was_training)
 
     def _check_num_classes(self, num_classes: Optional[int]) -> None:
         """The data module's class count (from its dataset's metadata) must equal the model's."""

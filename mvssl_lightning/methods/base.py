@@ -250,7 +250,8 @@ class SiameseModule(L.LightningModule):
         if not self.skip_nonfinite_grads:
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+        # one host sync per step, not one per parameter
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             rank_zero_warn(
                 f"non-finite gradient at global step {self.global_step}: all gradients of this step are "
                 f"zeroed (skip_nonfinite_grads)"
