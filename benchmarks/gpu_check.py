@@ -209,9 +209,6 @@ class Interrupted(Exception):
     """SIGTERM / SIGINT while a step runs."""
 
 
-_RUNNING: list[subprocess.Popen] = []
-
-
 def _kill_group(proc: subprocess.Popen) -> None:
     """End ``proc`` and everything it started (its own session): SIGTERM, then SIGKILL after 3 s."""
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
@@ -251,7 +248,6 @@ def run_command(argv: Sequence[str], timeout_s: float, log_path: Path, env: Opti
         log.flush()
         proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
-        _RUNNING.append(proc)
         reader = threading.Thread(target=_pump, args=(proc.stdout, log, prefix, echo), daemon=True)
         reader.start()
         try:
@@ -264,7 +260,6 @@ def run_command(argv: Sequence[str], timeout_s: float, log_path: Path, env: Opti
             _kill_group(proc)
             raise
         finally:
-            _RUNNING.remove(proc)
             reader.join(timeout=5)
     return {"status": status, "returncode": proc.returncode, "seconds": round(time.monotonic() - start, 2),
             "log_tail": _tail(log_path)}

@@ -28,12 +28,12 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from mvssl_lightning.callbacks import RunSummary
 from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.precision import precision_for
+from mvssl_lightning.precision import apply_cpu_precision
 from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume, resolve_class
 
 #: The trainer settings every config shares (one file per paper recipe keeps only what differs).
@@ -111,11 +111,7 @@ class MVSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        trainer = config.trainer
-        precision, warning = precision_for(trainer.get("precision"), trainer.get("accelerator"))
-        if warning is not None:
-            rank_zero_warn(warning)
-            trainer.precision = precision
+        apply_cpu_precision(config.trainer)
         if self.config.get("subcommand") == "fit":
             _report_overrides(config.model)
 

@@ -9,11 +9,12 @@ same config runs at full speed on both.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["MIXED_PRECISIONS", "auto_precision", "precision_for"]
+__all__ = ["MIXED_PRECISIONS", "apply_cpu_precision", "auto_precision", "precision_for"]
 
 #: precisions that autocast the networks to 16 bits
 MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true", 16)
@@ -36,3 +37,11 @@ def precision_for(precision: object, accelerator: object) -> tuple[object, Optio
             f"kernels): using 32-true; set --trainer.accelerator gpu to train on a GPU"
         )
     return precision, None
+
+
+def apply_cpu_precision(trainer_config: Any) -> None:
+    """The CLIs' fallback: set a parsed ``trainer`` config's precision by :func:`precision_for`, with its warning."""
+    precision, warning = precision_for(trainer_config.get("precision"), trainer_config.get("accelerator"))
+    if warning is not None:
+        rank_zero_warn(warning)
+        trainer_config.precision = precision

@@ -43,12 +43,16 @@ def test_a_cifar_stem_does_not_load_into_the_standard_model_and_says_why():
 
 @pytest.mark.parametrize("name, expansion", [("resnet18", 1), ("resnet50", 4)])
 def test_width_scales_every_stage_and_64_is_torchvision(name, expansion):
-    from mvssl_lightning.models.resnet import build_resnet
+    from mvssl_lightning.models.resnet import ScaledResNet, build_resnet
 
     default, dim = build_resnet(name, width=64)
     reference = getattr(torchvision.models, name)()
     shapes = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
     assert {k: v.shape for k, v in default.state_dict().items()} == shapes and dim == 512 * expansion
+    # the scaling code itself (used for every width but 64), at width 64, against torchvision
+    scaled = ScaledResNet(name, 64)
+    assert {k: v.shape for k, v in scaled.state_dict().items()} == {**shapes, **{
+        k: v.shape for k, v in reference.state_dict().items() if k.startswith("fc.")}}
     narrow, dim = build_resnet(name, width=16, cifar_stem=True)
     sd = narrow.state_dict()
     # closed form: stage k has 16 * 2**(k-1) planes (times the bottleneck's expansion at its output)

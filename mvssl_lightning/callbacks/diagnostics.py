@@ -106,7 +106,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mvssl_lightning.callbacks.features import all_gather_cat, eval_mode, param_dtype
-from mvssl_lightning.data.order import seeded_rngs
+from mvssl_lightning.data.order import seeded_permutation, seeded_rngs
 from mvssl_lightning.losses.er import Reduction, er_sphere_entropy
 from mvssl_lightning.losses.mec import mec_lambda
 
@@ -131,8 +131,6 @@ RANKME_EPS = 1e-7
 CACHE_MAX_BYTES = 256 * 2**20
 #: Subset size under ``Trainer(fast_dev_run=...)``.
 FAST_DEV_RUN_SAMPLES = 32
-#: Names of the pictures (file suffixes and TensorBoard tags ``diag/<name>``).
-PICTURES = ("pca", "spectrum", "std_hist")
 
 
 class RepresentationCollapseWarning(UserWarning):
@@ -380,9 +378,8 @@ class RepresentationDiagnostics(pl.Callback):
     def subset_indices(self, dataset_size: int, num_samples: Optional[int] = None) -> Tensor:
         """The subset: the first ``min(num_samples, dataset_size)`` of a permutation drawn with ``seed``, in
         increasing order (``num_samples`` defaults to the callback's)."""
-        g = torch.Generator().manual_seed(self.seed)
         n = self.num_samples if num_samples is None else num_samples
-        return torch.randperm(dataset_size, generator=g)[:n].sort().values
+        return seeded_permutation(dataset_size, self.seed)[:n].sort().values
 
     def _warn_once(self, key: str, message: str, info: bool = False) -> None:
         if key not in self._warned:

@@ -144,7 +144,7 @@ class OnlineKNN(pl.Callback):
         f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
-        item = (F.normalize(f.float(), dim=1), y)  # float32: bf16 features under autocast lose the ranking
+        item = (F.normalize(f, dim=1), y)  # f is float32 (features_and_targets): bf16 would lose the ranking
         if is_bank:
             self._bank.append(item)
             self._bank_count += f.shape[0]

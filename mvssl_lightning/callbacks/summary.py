@@ -76,7 +76,7 @@ class RunSummary(pl.Callback):
             if key.startswith("train/") and not key.endswith("_epoch") and isinstance(value, Tensor):
                 if value.numel() == 1:
                     name = key.removesuffix("_step")
-                    v = value.detach().float().reshape(())
+                    v = value.detach().double().reshape(())  # float64, as the Python floats it replaces
                     finite = torch.isfinite(v)
                     self._sums[name] = self._sums.get(name, 0.0) + torch.where(finite, v, torch.zeros_like(v))
                     self._counts[name] = self._counts.get(name, 0) + finite.long()

@@ -49,7 +49,7 @@ from mvssl_lightning.data.datasets import (
 )
 from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
 from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
-from mvssl_lightning.data.order import ResumableSampler, SeededSamples, batches_done
+from mvssl_lightning.data.order import ResumableSampler, SeededSamples, batches_done, seeded_permutation
 from mvssl_lightning.data.views import (
     IMAGENET_NORMALIZE,
     VIEW_RECIPES,
@@ -142,8 +142,7 @@ def _subset(dataset: Dataset, n: Optional[int], shuffled: bool = False) -> Datas
         return dataset
     if n is not None and n <= 0:
         raise ValueError(f"subset size must be positive, got {n}")
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    idx = torch.randperm(size, generator=g)[: min(n or size, size)]
+    idx = seeded_permutation(size, SUBSET_SEED)[: min(n or size, size)]
     return Subset(dataset, (idx if shuffled else idx.sort().values).tolist())
 
 

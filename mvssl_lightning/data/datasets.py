@@ -325,7 +325,6 @@ class ImageFolderSplit(ImageFolder):
     ) -> None:
         self._given_classes = list(classes)
         self._classes_from = classes_from
-        self.raw = raw
         super().__init__(str(root), transform=None if raw else transform,
                          loader=read_raw_image if raw else load_rgb, allow_empty=True)
         counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))

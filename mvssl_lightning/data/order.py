@@ -29,13 +29,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["ResumableSampler", "SeededSamples", "batches_done", "sample_seed", "seeded_rngs"]
+__all__ = ["ResumableSampler", "SeededSamples", "batches_done", "sample_seed", "seeded_permutation", "seeded_rngs"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed from ``(seed, epoch, index)`` (SHA-256, so neighbouring keys are unrelated)."""
     digest = hashlib.sha256(f"{seed}/{epoch}/{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    """``randperm(n)`` from its own generator seeded with ``seed`` (the global state is not touched):
+    the first ``k`` entries are the library's fixed random subset of size ``k``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 @contextlib.contextmanager

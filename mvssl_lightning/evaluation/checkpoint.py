@@ -37,8 +37,6 @@ from mvssl_lightning.models.backbones import BACKBONES, build_backbone
 __all__ = ["BackboneSource", "load_backbone", "sha256_file"]
 
 PathLike = Union[str, os.PathLike]
-#: the architectures of the library, as in ``SiameseModule(backbone=...)``
-Backbone = Literal["resnet18", "resnet34", "resnet50", "amdim"]
 
 _PREFIX = "backbone."
 _SHOWN = 5

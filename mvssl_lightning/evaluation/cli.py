@@ -23,12 +23,11 @@ from typing import Any, Optional
 
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from mvssl_lightning.evaluation.data import LabeledDataModule
 from mvssl_lightning.evaluation.modules import EvalModule
 from mvssl_lightning.evaluation.results import EvalResultsWriter
-from mvssl_lightning.precision import precision_for
+from mvssl_lightning.precision import apply_cpu_precision
 
 __all__ = ["EVAL_TRAINER_DEFAULTS", "EvalCLI", "main", "run_cli"]
 
@@ -67,10 +66,7 @@ class EvalCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # as mvssl: a 16-bit precision on a run that ends up on the CPU becomes 32-true (one warning)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        precision, warning = precision_for(config.trainer.get("precision"), config.trainer.get("accelerator"))
-        if warning is not None:
-            rank_zero_warn(warning)
-            config.trainer.precision = precision
+        apply_cpu_precision(config.trainer)
 
     def _attach_config(self) -> None:
         """Give the results writer the resolved configuration of this run."""

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union, get_args
 
 import lightning as L
 import numpy as np
@@ -58,7 +58,9 @@ import torchvision.transforms as T
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mvssl_lightning.data.datamodule import CIFAR_SIZED, SUBSET_SEED
 from mvssl_lightning.data.datasets import DATASET_NAMES, build_dataset, peek_num_classes
+from mvssl_lightning.data.order import seeded_permutation
 from mvssl_lightning.data.views import (
     CIFAR10_NORMALIZE,
     IMAGENET_NORMALIZE,
@@ -69,6 +71,7 @@ from mvssl_lightning.data.views import (
     get_view_recipe,
     to_tensor_normalize,
 )
+from mvssl_lightning.data.views.infomin import mean_pixel
 from mvssl_lightning.evaluation.features import EpochShuffle, FeatureLoader
 
 __all__ = [
@@ -81,11 +84,9 @@ __all__ = [
     "read_label_list",
 ]
 
-#: Datasets of 32 px images (as in ``MultiViewDataModule``).
-CIFAR_SIZED = ("default", "cifar10", "cifar100")
 #: The named training transforms (module docstring).
 TrainTransform = Literal["auto", "random_resized_crop", "crop_flip", "none"]
-_TRAIN_TRANSFORMS = ("auto", "random_resized_crop", "crop_flip", "none")
+_TRAIN_TRANSFORMS = get_args(TrainTransform)
 _SHOWN = 5
 
 
@@ -174,13 +175,13 @@ def read_label_list(path: Union[str, Path], dataset: Dataset) -> np.ndarray:
     return np.unique(np.asarray([int(e) for e in entries], dtype=np.int64))
 
 
-def _seeded_subset(n: int, size: Optional[int], seed: int = 0) -> Optional[np.ndarray]:
+def _seeded_subset(n: int, size: Optional[int]) -> Optional[np.ndarray]:
+    """The pre-training data module's fixed subset of ``size`` of ``n`` samples (sorted), or None for all."""
     if size is None or size >= n:
         return None
     if size <= 0:
         raise ValueError(f"subset size must be positive, got {size}")
-    generator = torch.Generator().manual_seed(seed)
-    return np.sort(torch.randperm(n, generator=generator)[:size].numpy())
+    return np.sort(seeded_permutation(n, SUBSET_SEED)[:size].numpy())
 
 
 class LabeledDataModule(L.LightningDataModule):
@@ -311,8 +312,7 @@ class LabeledDataModule(L.LightningDataModule):
         )
         steps: list[Callable] = [crop, T.RandomHorizontalFlip()]
         if self.randaugment:
-            mean = (self.normalize or IMAGENET_NORMALIZE)["mean"]
-            steps.append(InfoMinRandAugment(fill=tuple(min(255, round(255 * float(m))) for m in mean)))
+            steps.append(InfoMinRandAugment(fill=mean_pixel(self.normalize)))
         return T.Compose(steps + to_tensor_normalize(self.normalize))
 
     # ------------------------------------------------------------------ metadata

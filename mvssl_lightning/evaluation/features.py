@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from mvssl_lightning.schedules import cosine_anneal
+
 __all__ = ["EpochShuffle", "FeatureLoader", "ProbeResult", "extract_features", "linear_probe"]
 
 
@@ -155,7 +157,7 @@ def linear_probe(
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
     total = max(epochs * steps_per_epoch, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_anneal(step, total, 1.0, 0.0))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with torch.enable_grad():
         for _ in range(epochs):

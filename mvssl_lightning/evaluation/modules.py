@@ -50,7 +50,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mvssl_lightning.callbacks.features import eval_mode, param_dtype
 from mvssl_lightning.callbacks.knn import OnlineKNN
-from mvssl_lightning.evaluation.checkpoint import Backbone, load_backbone
+from mvssl_lightning.evaluation.checkpoint import load_backbone
 from mvssl_lightning.evaluation.features import extract_features
 from mvssl_lightning.evaluation.optim import (
     EvalOptimizer,
@@ -59,6 +59,7 @@ from mvssl_lightning.evaluation.optim import (
     build_eval_optimizer,
     lr_factor,
 )
+from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["EvalModule", "FineTune", "HeadInit", "KNNEval", "LinearEval"]
 

@@ -35,6 +35,8 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from lightly.utils.lars import LARS
 
+from mvssl_lightning.schedules import cosine_anneal
+
 __all__ = ["LARC", "EvalOptimizer", "Schedule", "ScheduleInterval", "build_eval_optimizer", "lr_factor"]
 
 EvalOptimizer = Literal["sgd", "larc", "lars", "adam"]
@@ -124,5 +126,5 @@ def lr_factor(
         return float(gamma ** bisect_right(sorted(milestones), epoch))
     if schedule == "cosine":
         t, total = (epoch, epochs) if interval == "epoch" else (step, total_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+        return cosine_anneal(t, total, 1.0, 0.0)
     raise ValueError(f"unknown schedule {schedule!r}; choose one of cosine, step, constant")

@@ -201,10 +201,15 @@ def cross_view_cross_entropy(targets: Sequence[Tensor], log_probs: Sequence[Tens
             the ``T`` global views, which are the first ``T`` of ``log_probs``' views).
         log_probs: ``V >= 2`` rows of log-probabilities ``log p_v (B, K)`` (student, every view).
     """
-    pairs = [(i, v) for i in range(len(targets)) for v in range(len(log_probs)) if v != i]
+    return _mean([-(targets[i] * log_probs[v]).sum(dim=1).mean() for i, v in _cross_view_pairs(targets, log_probs)])
+
+
+def _cross_view_pairs(targets: Sequence[Tensor], predictions: Sequence[Tensor]) -> list[tuple[int, int]]:
+    """``(i, v)`` for every target view ``i`` and every *other* view ``v``; at least one."""
+    pairs = [(i, v) for i in range(len(targets)) for v in range(len(predictions)) if v != i]
     if not pairs:
-        raise ValueError(f"need at least two views, got {len(targets)} targets and {len(log_probs)} predictions")
-    return _mean([-(targets[i] * log_probs[v]).sum(dim=1).mean() for i, v in pairs])
+        raise ValueError(f"need at least two views, got {len(targets)} targets and {len(predictions)} predictions")
+    return pairs
 
 
 def mean_of_terms(results: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -316,14 +321,14 @@ class ERPrototypeLoss(nn.Module):
         with torch.autocast(device_type=log_probs[0].device.type, enabled=False):
             targets = [at_least_float32(q) for q in targets]
             log_probs = [at_least_float32(lp) for lp in log_probs]
+            probs = [lp.exp() for lp in log_probs]  # once per view, for both terms
             if self.reconstruction == "cross_entropy":
                 rec = cross_view_cross_entropy(targets, log_probs)
             else:
-                pairs = [(i, v) for i in range(len(targets)) for v in range(len(log_probs)) if v != i]
-                rec = _mean([er_discrete_reconstruction(log_probs[v].exp(), targets[i]) for i, v in pairs])
+                pairs = _cross_view_pairs(targets, probs)
+                rec = _mean([er_discrete_reconstruction(probs[v], targets[i]) for i, v in pairs])
             ent = _mean(
-                [er_discrete_entropy(lp.exp(), self.reduction, gather_distributed=self.gather_distributed)
-                 for lp in log_probs]
+                [er_discrete_entropy(p, self.reduction, gather_distributed=self.gather_distributed) for p in probs]
             )
         loss = self.reconstruction_weight * rec - self.entropy_weight * ent
         return loss, {"reconstruction": rec.detach(), "entropy": ent.detach()}

@@ -35,11 +35,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from mvssl_lightning.methods.momentum import EMATeacher
-from mvssl_lightning.models.backbones import build_backbone
+from mvssl_lightning.models.backbones import Backbone, build_backbone
 from mvssl_lightning.optim import OptimizerName, build_optimizer, parameter_groups
 from mvssl_lightning.schedules import warmup_cosine_factor
 
-Backbone = Literal["resnet18", "resnet34", "resnet50", "amdim"]
 LRScaling = Literal["linear", "sqrt", "none"]
 LR_SCALINGS = ("linear", "sqrt", "none")
 

@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from mvssl_lightning.models.resnet import RESNETS, build_resnet
 
 BACKBONES = (*RESNETS, "amdim")
+#: the backbone names as a closed choice (the CLI validates and lists them)
+Backbone = Literal["resnet18", "resnet34", "resnet50", "amdim"]
 
 
 def build_backbone(name: str, **kwargs: Any) -> tuple[nn.Module, int]:

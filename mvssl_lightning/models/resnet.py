@@ -23,7 +23,7 @@ from torchvision import models
 
 RESNETS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
 #: block type and blocks per stage of each architecture (torchvision's builders)
-_SPECS: dict[str, tuple[type[nn.Module], list[int]]] = {
+_SPECS: dict[str, tuple[type[models.resnet.BasicBlock | models.resnet.Bottleneck], list[int]]] = {
     "resnet18": (models.resnet.BasicBlock, [2, 2, 2, 2]),
     "resnet34": (models.resnet.BasicBlock, [3, 4, 6, 3]),
     "resnet50": (models.resnet.Bottleneck, [3, 4, 6, 3]),
@@ -40,8 +40,7 @@ class ScaledResNet(models.ResNet):
         self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.bn1 = nn.BatchNorm2d(width)
-        expansion = 4 if block is models.resnet.Bottleneck else 1
-        self.fc = nn.Linear(512 * expansion * width // 64, num_classes)
+        self.fc = nn.Linear(512 * block.expansion * width // 64, num_classes)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         if planes == 64:  # the first stage starts from the stem's width

@@ -181,7 +181,8 @@ class InfoMinRandAugment(RandAugmentPolicy):
         return img
 
 
-def _mean_pixel(normalize: Normalize) -> tuple[int, ...]:
+def mean_pixel(normalize: Normalize) -> tuple[int, ...]:
+    """The normalisation mean as an 8-bit RGB pixel (RandAugment's fill; ImageNet's when ``None``)."""
     mean = (normalize or IMAGENET_NORMALIZE)["mean"]
     return tuple(min(255, round(255 * float(m))) for m in mean)
 
@@ -217,7 +218,7 @@ def infomin_view(
     if blur > 0:
         steps.append(T.RandomApply([T.GaussianBlur(blur_kernel, sigma=tuple(sigmas))], p=blur))
     steps.append(InfoMinRandAugment(ra_num_ops, ra_magnitude, ra_magnitude_std, ra_prob,
-                                    fill=ra_fill if ra_fill is not None else _mean_pixel(normalize)))
+                                    fill=ra_fill if ra_fill is not None else mean_pixel(normalize)))
     steps.append(T.RandomGrayscale(gray))
     return T.Compose(steps + to_tensor_normalize(normalize))
 
