@@ -48,6 +48,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from benchmarks.quality.recipes import recipe_args
 from benchmarks.timing import TrainingTimer, synchronize
 from mvssl_lightning.callbacks import RepresentationDiagnostics
 from mvssl_lightning.data import MultiViewDataModule
@@ -104,9 +105,9 @@ def load(config: str, data: Optional[Path], batch_size: Optional[int], num_worke
     parser.add_class_arguments(MultiViewDataModule, "data")
     pl.seed_everything(seed, verbose=False)
     init = parser.instantiate(parser.parse_object(section))
+    model_args = recipe_args(section["model"])  # the class's recipe defaults + what the config changes
     info = {"config": f"configs/{config}.yaml", "model": type(init.model).__name__,
-            "backbone": section["model"]["init_args"].get("backbone"),
-            "cifar_stem": section["model"]["init_args"].get("cifar_stem"), "views": d["views"],
+            "backbone": model_args.get("backbone"), "cifar_stem": model_args.get("cifar_stem"), "views": d["views"],
             "batch_size": d["batch_size"], "dataset": d["dataset"], "diagnostics": diag[0].get("init_args") or {}}
     return init.model, init.data, [_instantiate(e) for e in others], diag[0].get("init_args") or {}, info
 

@@ -50,6 +50,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
+from mvssl_lightning.core.compat import is_compiled
 from mvssl_lightning.models import build_resnet
 
 __all__ = ["BareBackbone", "LightlyBarlowTwins", "LightlyBYOL", "LightlyModel", "LightlySimCLR"]
@@ -97,7 +98,7 @@ class LightlyModel(L.LightningModule):
     def configure_model(self) -> None:
         if self.compile_backbone:  # the backbone and its EMA copy, if any
             for module in self.children():
-                if type(module) is type(self.backbone) and getattr(module, "_compiled_call_impl", None) is None:
+                if type(module) is type(self.backbone) and not is_compiled(module):
                     module.compile()
 
     def _prepare(self, x: Tensor) -> Tensor:

@@ -12,7 +12,10 @@ backward + optimiser step on the same views) and against its closest lightly-bui
 (``benchmarks.lightly_models``: BYOL for teacher methods, SimCLR otherwise).  With ``--multicrop`` MVEB
 is also timed on its multi-crop views (2 globals + 6 locals of 96 px at 224 px, of half the side otherwise)
 against the bare backbone on the same 8 views (row ``mveb`` with ``views`` 8; no lightly peer: it has 2
-views). AMDIM runs its own encoder, so it has no ResNet bound and is not timed here.
+views). The methods are those of the registry ``mvssl_lightning.methods.METHODS``. AMDIM runs its own
+encoder, which takes 32 px or 128 px inputs: it is timed on two views of the side nearest the setting's
+(32 px up to 64 px, else 128 px), and its row has no ``vs_backbone`` and no peer (no ResNet bound, no
+lightly AMDIM).
 
 Presets: ``gpu`` (both GPU settings), ``gpu-r50`` and ``gpu-cifar`` (one each), ``cpu-small`` and
 ``cpu-tiny`` (ResNet-18 at 16 px, batch 4: the plumbing check of ``benchmarks.gpu_check --cpu-smoke``).
@@ -24,6 +27,8 @@ after every model, so a run stopped half-way keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import platform
 import re
@@ -34,23 +39,48 @@ from typing import Optional, Sequence
 import lightning as L
 import torch
 
-import mvssl_lightning.methods as methods
 from benchmarks.lightly_models import BareBackbone, LightlyBYOL, LightlySimCLR
 from benchmarks.timing import TrainingTimer, peak_memory_gib
+from mvssl_lightning.methods import METHODS as REGISTRY
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# method name -> (factory kwargs -> module, closest lightly peer, has an EMA teacher)
 _SGD = dict(optimizer="sgd", lr=0.1, lr_scaling="none")
-METHODS = {
-    "mveb": (lambda **kw: methods.MVEB(**_SGD, **kw), "lightly_byol", True),
-    "mec": (lambda **kw: methods.MEC(**_SGD, **kw), "lightly_byol", True),
-    "infomin": (lambda **kw: methods.InfoMin(jigsaw=False, **_SGD, **kw), "lightly_byol", True),
-    "er_simclr": (lambda **kw: methods.ERSimCLR(**_SGD, **kw), "lightly_simclr", False),
-    "er_byol": (lambda **kw: methods.ERBYOL(**_SGD, **kw), "lightly_byol", True),
-    "er_dino": (lambda **kw: methods.ERDINO(**_SGD, **kw), "lightly_byol", True),
-    "er_swav": (lambda **kw: methods.ERSwAV(**_SGD, **kw), "lightly_simclr", False),
+#: per registry name: (has an EMA teacher, construction kwargs of its 2-view timing); its lightly peer is
+#: BYOL with a teacher, SimCLR without. A method added to ``METHODS`` without an entry stops the benchmark
+#: at import (and fails tests/test_registry.py), so none is silently left out.
+SETTINGS: dict[str, tuple[bool, dict]] = {
+    "mveb": (True, {}),
+    "mec": (True, {}),
+    "amdim": (False, {}),
+    "infomin": (True, dict(jigsaw=False)),  # two views: no jigsaw patches
+    "er_simclr": (False, {}),
+    "er_byol": (True, {}),
+    "er_dino": (True, {}),
+    "er_swav": (False, {}),
 }
+#: methods that run their own encoder instead of the ResNet: name -> {input side: its cifar_stem}
+OWN_ENCODER = {"amdim": {32: True, 128: False}}
+
+
+def _build_method(cls, extra: dict, **kw) -> L.LightningModule:
+    return cls(**_SGD, **kw, **extra)
+
+
+def _method_table() -> dict:
+    """Method name -> (factory kwargs -> module, closest lightly peer or None, has an EMA teacher)."""
+    missing = [name for name in REGISTRY if name not in SETTINGS]
+    if missing:
+        raise RuntimeError(f"benchmarks/throughput.py: no SETTINGS entry for {', '.join(missing)}")
+    table = {}
+    for name, cls in REGISTRY.items():
+        teacher, extra = SETTINGS[name]
+        peer = None if name in OWN_ENCODER else ("lightly_byol" if teacher else "lightly_simclr")
+        table[name] = (functools.partial(_build_method, cls, extra), peer, teacher)
+    return table
+
+
+METHODS = _method_table()
 #: the methods whose multi-crop recipe ``--multicrop`` times: name -> (globals, locals)
 MULTICROP = {"mveb": (2, 6)}
 # the peers: SGD lr 0.1 (momentum 0.9, weight decay 1e-6, no schedule) as the methods above; SimCLR with
@@ -63,7 +93,6 @@ PEERS = {
     "lightly_byol": lambda **kw: LightlyBYOL(proj_hidden_dim=4096, pred_hidden_dim=4096, final_ema_momentum=1.0,
                                              **_PEER_SGD, **kw),
 }
-# AMDIM runs its own encoder at 128 px, so it has no ResNet bound to compare with here.
 PRESETS = {
     "gpu": [("resnet50", False, 224, 256), ("resnet18", True, 32, 512)],
     "gpu-r50": [("resnet50", False, 224, 256)],
@@ -102,6 +131,11 @@ def measure(module: L.LightningModule, batch, device: str, precision: str, warmu
     return result
 
 
+def own_encoder_side(name: str, size: int) -> int:
+    """The input side of an :data:`OWN_ENCODER` method nearest ``size`` (AMDIM: 32 px up to 64 px, else 128)."""
+    return min(OWN_ENCODER[name], key=lambda side: (abs(side - size), side))
+
+
 def _views(n_global: int, n_local: int, size: int, batch_size: int, device: str) -> list[torch.Tensor]:
     return [torch.randn(batch_size, 3, size, size, device=device) for _ in range(n_global)] + [
         torch.randn(batch_size, 3, local_size(size), local_size(size), device=device) for _ in range(n_local)]
@@ -129,7 +163,9 @@ def run(args: argparse.Namespace, on_row=None) -> dict:
             setting = dict(backbone=backbone, cifar_stem=cifar_stem, size=size, batch_size=batch_size,
                            compiled=compiled)
             kw = dict(backbone=backbone, cifar_stem=cifar_stem, channels_last=device == "cuda", compile=compiled)
-            jobs = [(name, 2, two_views) for name in [*peers, *names]]
+            jobs = [(name, 2, two_views) if name not in OWN_ENCODER  # else two views of the side it takes
+                    else (name, 2, (_views(2, 0, own_encoder_side(name, size), batch_size, device), targets))
+                    for name in [*peers, *names]]
             if args.multicrop:
                 for name, (n_global, n_local) in MULTICROP.items():
                     if name in names:
@@ -138,18 +174,30 @@ def run(args: argparse.Namespace, on_row=None) -> dict:
             measured: dict[tuple[str, int], dict] = {}
             for name, n_views, batch in jobs:
                 torch.manual_seed(0)
-                module = PEERS[name](**kw) if name in PEERS else METHODS[name][0](**kw)
+                if name in OWN_ENCODER:
+                    side = batch[0][0].shape[-1]
+                    encoder = inspect.signature(REGISTRY[name]).parameters["backbone"].default  # its own
+                    own = dict(backbone=encoder, cifar_stem=OWN_ENCODER[name][side], size=side)
+                    module = METHODS[name][0](**{**kw, "backbone": encoder, "cifar_stem": own["cifar_stem"]})
+                else:
+                    own = None
+                    module = PEERS[name](**kw) if name in PEERS else METHODS[name][0](**kw)
                 m = measure(module, batch, device, precision, args.warmup, args.steps)
                 measured[(name, n_views)] = m
                 del module
                 if device == "cuda":
                     torch.cuda.empty_cache()
                 print(f"{setting} {name} ({n_views} views): {m}", flush=True)
-                row = {**setting, "name": name, "views": n_views, **m,
-                       "vs_backbone": m["images_per_s"] / measured[("bare_backbone", n_views)]["images_per_s"]}
+                row = {**setting, "name": name, "views": n_views, **m}
+                if own is None:
+                    row["vs_backbone"] = m["images_per_s"] / measured[("bare_backbone", n_views)]["images_per_s"]
+                else:  # its own encoder and views: no ResNet bound
+                    row.update(own)
                 if name in METHODS:
                     peer = METHODS[name][1]
-                    row.update(peer=peer, has_teacher=METHODS[name][2])
+                    if peer is not None:
+                        row["peer"] = peer
+                    row["has_teacher"] = METHODS[name][2]
                     if n_views == 2 and (peer, 2) in measured:
                         row["vs_peer"] = m["images_per_s"] / measured[(peer, 2)]["images_per_s"]
                 results["rows"].append(row)
@@ -165,8 +213,9 @@ def markdown(results: dict) -> str:
     for r in results["rows"]:
         peer = f"{r['vs_peer']:.2f} ({r['peer']})" if "vs_peer" in r else ""
         mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a"
+        vs_backbone = f"{r['vs_backbone']:.2f}" if "vs_backbone" in r else "n/a"
         lines.append(f"| {r['backbone']} | {r['size']} | {r['batch_size']} | {r['compiled']} | {r['name']} | "
-                     f"{r.get('views', 2)} | {r['images_per_s']:.0f} | {mem} | {r['vs_backbone']:.2f} | {peer} |")
+                     f"{r.get('views', 2)} | {r['images_per_s']:.0f} | {mem} | {vs_backbone} | {peer} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,77 +1,61 @@
-"""mvssl_lightning: information-theoretic multi-view self-supervised learning on PyTorch Lightning."""
+"""mvssl_lightning: information-theoretic multi-view self-supervised learning on PyTorch Lightning.
+
+The top level holds what a user composes: the methods, the data modules, the callbacks, the evaluation
+modules, the loss modules and the weight export. Functional objectives live in
+:mod:`mvssl_lightning.losses`, backbone builders in :mod:`mvssl_lightning.models`, the method registry
+in :mod:`mvssl_lightning.methods` (``METHODS``), and the shared lower layer in :mod:`mvssl_lightning.core`.
+"""
 
 from mvssl_lightning.callbacks import (
     OnlineKNN,
     OnlineLinearProbe,
     PreemptionCheckpoint,
     RepresentationDiagnostics,
+    RunCheckpoint,
+    RunSummary,
     TrainingHealth,
 )
 from mvssl_lightning.data import MultiViewDataModule
-from mvssl_lightning.evaluation import FineTune, LinearEval
-from mvssl_lightning.losses import (
-    AMDIMLoss,
-    ERDiscreteLoss,
-    ERSphereLoss,
-    InfoNCEQueueLoss,
-    MECLoss,
-    MVEBLoss,
-    amdim_loss,
-    amdim_nce,
-    er_discrete_entropy,
-    er_discrete_reconstruction,
-    er_sphere_entropy,
-    er_sphere_reconstruction,
-    infonce_queue_loss,
-    mec_loss,
-    mec_taylor_logdet,
-    mveb_entropy_surrogate,
-    mveb_loss,
-)
+from mvssl_lightning.evaluation import FineTune, KNNEval, LabeledDataModule, LinearEval
+from mvssl_lightning.losses import AMDIMLoss, ERDiscreteLoss, ERSphereLoss, InfoNCEQueueLoss, MECLoss, MVEBLoss
 from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin, SiameseModule
-from mvssl_lightning.models import build_backbone, build_resnet, export_torchvision_state_dict, torchvision_resnet
-from mvssl_lightning.precision import auto_precision
+from mvssl_lightning.models import export_torchvision_state_dict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # methods
     "AMDIM",
-    "AMDIMLoss",
     "ERBYOL",
     "ERDINO",
-    "ERDiscreteLoss",
     "ERSimCLR",
-    "ERSphereLoss",
     "ERSwAV",
-    "FineTune",
     "InfoMin",
-    "InfoNCEQueueLoss",
-    "LinearEval",
     "MEC",
-    "MECLoss",
     "MVEB",
-    "MVEBLoss",
+    "SiameseModule",
+    # data
+    "LabeledDataModule",
     "MultiViewDataModule",
+    # callbacks
     "OnlineKNN",
     "OnlineLinearProbe",
     "PreemptionCheckpoint",
     "RepresentationDiagnostics",
-    "SiameseModule",
+    "RunCheckpoint",
+    "RunSummary",
     "TrainingHealth",
-    "amdim_loss",
-    "amdim_nce",
-    "auto_precision",
-    "build_backbone",
-    "build_resnet",
-    "er_discrete_entropy",
-    "er_discrete_reconstruction",
-    "er_sphere_entropy",
-    "er_sphere_reconstruction",
+    # evaluation
+    "FineTune",
+    "KNNEval",
+    "LinearEval",
+    # losses
+    "AMDIMLoss",
+    "ERDiscreteLoss",
+    "ERSphereLoss",
+    "InfoNCEQueueLoss",
+    "MECLoss",
+    "MVEBLoss",
+    # weights out
     "export_torchvision_state_dict",
-    "infonce_queue_loss",
-    "mec_loss",
-    "mec_taylor_logdet",
-    "mveb_entropy_surrogate",
-    "mveb_loss",
-    "torchvision_resnet",
 ]

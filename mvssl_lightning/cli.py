@@ -29,11 +29,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
 
 from mvssl_lightning.callbacks import RunSummary
+from mvssl_lightning.core.precision import apply_cpu_precision
+from mvssl_lightning.core.trainer_defaults import trainer_defaults
 from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.methods.base import SiameseModule
-from mvssl_lightning.precision import apply_cpu_precision
 from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume, resolve_class
 
 #: The trainer settings every config shares (one file per paper recipe keeps only what differs).
@@ -46,32 +48,28 @@ from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume,
 #: but callbacks given there are "persistent": added at instantiation, absent from ``--print_config`` and
 #: impossible to remove from a config. A packaged defaults YAML (``parser_kwargs={"default_config_files":
 #: ...}``) would be a second file per run to find and ship, for the same result.
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "log_every_n_steps": 50,
-    "check_val_every_n_epoch": 10,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        # + name: <config name> in each config -> runs/<name>/version_<n>; no placeholder hp_metric = -1
-        "init_args": {"save_dir": "runs", "default_hp_metric": False},
-    },
-    "callbacks": [
+TRAINER_DEFAULTS: dict[str, Any] = trainer_defaults(
+    check_val_every_n_epoch=10,
+    callbacks=[
         # one file per run: the latest epoch's checkpoint, and last.ckpt a link to it (not a second copy)
         {"class_path": "mvssl_lightning.callbacks.RunCheckpoint", "init_args": {"save_last": "link"}},
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
         {"class_path": "mvssl_lightning.callbacks.PreemptionCheckpoint"},
         {"class_path": "mvssl_lightning.callbacks.TrainingHealth"},
     ],
-}
+)
 
 
 class MVSSLCLI(LightningCLI):
     """LightningCLI with the shared trainer defaults of :data:`TRAINER_DEFAULTS` and honest resuming."""
 
     @staticmethod
+    @override
     def subcommands() -> dict[str, set[str]]:
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
                 "validate": {"model", "dataloaders", "datamodule"}}
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({f"trainer.{key}": copy.deepcopy(value) for key, value in TRAINER_DEFAULTS.items()})
         parser.add_argument(
@@ -80,6 +78,7 @@ class MVSSLCLI(LightningCLI):
             "accuracies at initialisation are logged (step 0) and summarised (RunSummary)",
         )
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Every ``fit`` ends with a :class:`~mvssl_lightning.callbacks.RunSummary` (table and learning
         curves); a config that lists its own (e.g. with ``offline_probe: true``) keeps that one."""
@@ -109,15 +108,25 @@ class MVSSLCLI(LightningCLI):
         lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in metrics.items()]
         print("\n".join(lines))
 
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        if getattr(self, "_resume_from", None) is not None:
+            config.ckpt_path = self._resume_from  # held back in parse_arguments
         apply_cpu_precision(config.trainer)
         if self.config.get("subcommand") == "fit":
             _report_overrides(config.model)
 
-    def _parse_ckpt_path(self) -> None:
-        """Replaces LightningCLI's, which overwrites the configured model with the checkpoint's
-        hyperparameters (a different method or ``--model.lr`` would be dropped without a word)."""
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then plan an honest resume (:mod:`mvssl_lightning.resume`) of ``--ckpt_path``.
+
+        LightningCLI would next overwrite the configured model with the checkpoint's hyperparameters (a
+        different method or ``--model.lr`` dropped without a word). So the resolved checkpoint is held
+        back from the parsed configuration here and put back in :meth:`before_instantiate_classes`, after
+        that step has found nothing to do; both are public LightningCLI hooks."""
+        super().parse_arguments(parser, args)
+        self._resume_from: Optional[str] = None
         subcommand = self.config.get("subcommand")
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
@@ -127,7 +136,7 @@ class MVSSLCLI(LightningCLI):
         model = config.model
         init_args = model.init_args.as_dict() if isinstance(model.get("init_args"), Namespace) else {}
         plan = plan_resume(config.ckpt_path, _run_dirs(config.trainer), model.get("class_path"), init_args)
-        config.ckpt_path = str(plan.ckpt_path)
+        self._resume_from, config.ckpt_path = str(plan.ckpt_path), None
         logger = config.trainer.get("logger")
         if plan.version is not None and isinstance(logger, Namespace) and "init_args" in logger:
             if logger.init_args.get("version") is None and "TensorBoardLogger" in str(logger.get("class_path")):

@@ -3,9 +3,9 @@
 Run with ``pytest -m cuda`` (``python -m benchmarks.gpu_check`` runs it first). Every test here skips
 without CUDA. The references are independent of the code under test:
 
-* **methods** (all eight, tiny heads, ResNet-18 with the CIFAR stem / AMDIM's small encoder, 32 px, batch
-  32): one step under ``torch.autocast(bfloat16)`` (what ``precision="bf16-mixed"`` does) against the
-  float32 step of a copy with the same weights on the same views and the same random draws, TF32 off.
+* **methods** (every method of ``METHODS``, tiny heads, ResNet-18 with the CIFAR stem / AMDIM's small
+  encoder, 32 px, batch 32): one step under ``torch.autocast(bfloat16)`` (what ``precision="bf16-mixed"``
+  does) against the float32 step of a copy with the same weights on the same views and the same random draws, TF32 off.
   Tolerances: loss ``|bf16 - fp32| <= 2e-2 |fp32| + 1e-3``; gradients, flattened per part: cosine
   similarity ``> 0.98`` for the heads (projector, predictor, prototypes: where a precision error of an
   objective shows first) and ``> 0.90`` for the backbone (a bf16 backward through 18 layers at
@@ -70,7 +70,7 @@ from mvssl_lightning.data.device.geometry import (
 from mvssl_lightning.data.device.randaugment import DeviceRandAugment
 from mvssl_lightning.data.device.recipe import compile_views
 from mvssl_lightning.data.views.infomin import RAND_AUGMENT_OPS
-from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin
+from mvssl_lightning.methods import METHODS, ERSimCLR
 
 DEVICE = torch.device(os.environ.get("MVSSL_CUDA_TESTS_DEVICE", "cuda"))
 pytestmark = [
@@ -118,16 +118,17 @@ def _method_views(n_global: int, n_local: int = 0, local_size: int = 16) -> list
 
 
 # ---------------------------------------------------------------------------------------------- methods
-# name -> (class, its tiny heads, view counts (globals, locals[, local size])); 32 px
-METHODS = {
-    "MVEB": (MVEB, dict(proj_hidden_dim=128, proj_output_dim=64), (2, 2)),
-    "MEC": (MEC, dict(proj_hidden_dim=128, proj_output_dim=64, pred_hidden_dim=32), (2, 0)),
-    "AMDIM": (AMDIM, dict(backbone="amdim", backbone_kwargs=dict(ndf=16, n_rkhs=64, depth=2)), (2, 0)),
-    "InfoMin": (InfoMin, dict(proj_hidden_dim=128, proj_output_dim=64, queue_size=256, jigsaw=True), (2, 9, 8)),
-    "ERSimCLR": (ERSimCLR, dict(proj_hidden_dim=128, proj_output_dim=64), (2, 0)),
-    "ERBYOL": (ERBYOL, dict(proj_hidden_dim=128, proj_output_dim=64, pred_hidden_dim=128), (2, 0)),
-    "ERDINO": (ERDINO, dict(head_hidden_dim=128, bottleneck_dim=32, output_dim=256), (2, 2)),
-    "ERSwAV": (ERSwAV, dict(proj_hidden_dim=128, proj_output_dim=64, n_prototypes=64), (2, 2)),
+# registry name (``METHODS``) -> (its tiny heads, view counts (globals, locals[, local size])); 32 px. A method
+# added to ``METHODS`` without an entry fails its own tests (and test_every_registered_method_has_a_tiny_recipe)
+TINY = {
+    "mveb": (dict(proj_hidden_dim=128, proj_output_dim=64), (2, 2)),
+    "mec": (dict(proj_hidden_dim=128, proj_output_dim=64, pred_hidden_dim=32), (2, 0)),
+    "amdim": (dict(backbone="amdim", backbone_kwargs=dict(ndf=16, n_rkhs=64, depth=2)), (2, 0)),
+    "infomin": (dict(proj_hidden_dim=128, proj_output_dim=64, queue_size=256, jigsaw=True), (2, 9, 8)),
+    "er_simclr": (dict(proj_hidden_dim=128, proj_output_dim=64), (2, 0)),
+    "er_byol": (dict(proj_hidden_dim=128, proj_output_dim=64, pred_hidden_dim=128), (2, 0)),
+    "er_dino": (dict(head_hidden_dim=128, bottleneck_dim=32, output_dim=256), (2, 2)),
+    "er_swav": (dict(proj_hidden_dim=128, proj_output_dim=64, n_prototypes=64), (2, 2)),
 }
 #: the backbone settings every method shares (AMDIM replaces the backbone with its small encoder)
 COMMON = dict(backbone="resnet18", cifar_stem=True, batch_size=B)
@@ -135,7 +136,7 @@ COMMON = dict(backbone="resnet18", cifar_stem=True, batch_size=B)
 
 def _build(name: str, n_views: int | None = None, **kwargs):
     """``(model on DEVICE, its views)``, the weights drawn from seed 0."""
-    cls, heads, counts = METHODS[name]
+    cls, (heads, counts) = METHODS[name], TINY[name]
     torch.manual_seed(0)
     model = cls(**{**COMMON, **heads, **kwargs}).to(DEVICE)
     return model, _method_views(*counts)[:n_views]
@@ -161,7 +162,7 @@ def _cosine_and_norm_ratio(a: dict, b: dict, keys=None) -> tuple[float, float]:
     return float(F.cosine_similarity(va, vb, dim=0)), float(va.norm() / vb.norm())
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", list(METHODS))
 def test_bf16_step_agrees_with_fp32(name):
     model, views = _build(name)
     reference, _ = _build(name)  # the same seed: same weights and buffers (queue, centre); no deepcopy of
@@ -183,6 +184,10 @@ def test_bf16_step_agrees_with_fp32(name):
     assert GRAD_NORM_RATIO[0] <= ratio <= GRAD_NORM_RATIO[1], ratio
 
 
+def test_every_registered_method_has_a_tiny_recipe():
+    assert set(TINY) == set(METHODS), "add the new method's tiny heads and view counts to TINY"
+
+
 class _ViewsDataset(torch.utils.data.Dataset):
     def __init__(self, views: list[torch.Tensor]) -> None:
         self.views = [v.cpu() for v in views]
@@ -194,7 +199,7 @@ class _ViewsDataset(torch.utils.data.Dataset):
         return [v[i] for v in self.views], i % 10
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", list(METHODS))
 def test_one_bf16_mixed_trainer_step_on_the_gpu(name, tmp_path):
     model, views = _build(name, warmup_steps=0)  # a warm-up from 0 would make the first step a no-op
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
@@ -382,7 +387,7 @@ def test_probe_and_knn_callbacks_run_on_the_gpu(tmp_path):
     )
     with strict_fp32():  # the probe's float32 arithmetic against the float64 references below
         trainer.fit(model, datamodule=data)
-    assert data.device_views is not None
+    assert data.device_stage is not None
     head = probe.head
     assert head is not None and head[-1].weight.device.type == DEVICE.type
     # the probe's first step from zero weights: W = -lr * dCE/dW at logits 0, on BN(f) (batch statistics)
@@ -414,8 +419,8 @@ def test_probe_and_knn_callbacks_run_on_the_gpu(tmp_path):
 # ---------------------------------------------------------------------------------------------- compile
 # last: the slowest test (a cold compile), so that a time box cuts only it
 def test_compiled_channels_last_step_agrees_with_eager():
-    eager, views = _build("MVEB", n_views=2)  # two views: one input shape, one compiled graph per mode
-    compiled, _ = _build("MVEB", n_views=2, channels_last=True, compile=True)
+    eager, views = _build("mveb", n_views=2)  # two views: one input shape, one compiled graph per mode
+    compiled, _ = _build("mveb", n_views=2, channels_last=True, compile=True)
     compiled.load_state_dict(eager.state_dict())
     compiled.configure_model()  # what the Trainer calls: compiles the backbone and its EMA teacher in place
     assert getattr(compiled.backbone, "_compiled_call_impl", None) is not None

@@ -55,7 +55,7 @@ import torch
 from gloo import run_in_processes
 from torch import nn
 
-from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin
+from mvssl_lightning.methods import AMDIM, ERDINO, MEC, METHODS, InfoMin
 
 WORLD = 2
 B = 4  # per-process batch
@@ -86,40 +86,37 @@ class _StandInTrainer:
         self.max_epochs = 10
 
 
+#: per registry name (``METHODS``), the tiny construction kwargs; ``gather_distributed`` (and the
+#: settings of :data:`FOLLOW_GATHER`) come from the case. A method added to ``METHODS`` without an entry
+#: fails every case of its own (and ``test_every_registered_method_has_a_tiny_recipe``).
+TINY = {
+    "mveb": dict(proj_hidden_dim=8, proj_output_dim=8),
+    # small eps^2 (no warm-up factor) so that C = P Z^T / lambda_inv is O(1): at the default
+    # eps^2 = 64 the per-sample first-order term dominates and the global and per-process
+    # gradients differ by only ~1e-5 (relative), too little for the test to tell them apart
+    "mec": dict(proj_hidden_dim=8, proj_output_dim=8, pred_hidden_dim=4, eps_sq=2.0, lambda_warmup_factor=1.0),
+    "amdim": dict(backbone="amdim", cifar_stem=True, backbone_kwargs=dict(ndf=2, n_rkhs=8, depth=1, use_bn=False)),
+    "infomin": dict(proj_hidden_dim=8, proj_output_dim=8, queue_size=16, num_patches=3, jigsaw=True, shuffle_bn=True),
+    "er_simclr": dict(proj_hidden_dim=8, proj_output_dim=8),
+    # a heavier entropy term (the only gathered term) widens the global vs per-process gap (3e-4 -> 3e-3)
+    "er_byol": dict(proj_hidden_dim=8, proj_output_dim=8, pred_hidden_dim=8, entropy_weight=10.0),
+    "er_dino": dict(head_hidden_dim=8, bottleneck_dim=4, output_dim=10),
+    "er_swav": dict(proj_hidden_dim=8, proj_output_dim=8, n_prototypes=6),
+}
+#: settings that follow the case's ``gather_distributed`` (one well-defined reference per setting)
+FOLLOW_GATHER = {"er_swav": ("sinkhorn_gather_distributed",)}
+
+
 def _build(method, gather):
-    g = gather
-    if method == "MVEB":
-        return MVEB(proj_hidden_dim=8, proj_output_dim=8, gather_distributed=g)
-    if method == "MEC":
-        # small eps^2 (no warm-up factor) so that C = P Z^T / lambda_inv is O(1): at the default
-        # eps^2 = 64 the per-sample first-order term dominates and the global and per-process
-        # gradients differ by only ~1e-5 (relative), too little for the test to tell them apart
-        return MEC(proj_hidden_dim=8, proj_output_dim=8, pred_hidden_dim=4, eps_sq=2.0, lambda_warmup_factor=1.0,
-                   gather_distributed=g)
-    if method == "ERSimCLR":
-        return ERSimCLR(proj_hidden_dim=8, proj_output_dim=8, gather_distributed=g)
-    if method == "ERBYOL":
-        # a heavier entropy term (the only gathered term) widens the global vs per-process gap (3e-4 -> 3e-3)
-        return ERBYOL(proj_hidden_dim=8, proj_output_dim=8, pred_hidden_dim=8, entropy_weight=10.0,
-                      gather_distributed=g)
-    if method == "ERDINO":
-        return ERDINO(head_hidden_dim=8, bottleneck_dim=4, output_dim=10, gather_distributed=g)
-    if method == "ERSwAV":
-        return ERSwAV(proj_hidden_dim=8, proj_output_dim=8, n_prototypes=6, gather_distributed=g,
-                      sinkhorn_gather_distributed=g)
-    if method == "AMDIM":
-        return AMDIM(backbone="amdim", cifar_stem=True, gather_distributed=g,
-                     backbone_kwargs=dict(ndf=2, n_rkhs=8, depth=1, use_bn=False))
-    if method == "InfoMin":
-        return InfoMin(proj_hidden_dim=8, proj_output_dim=8, queue_size=16, num_patches=3, jigsaw=True,
-                       shuffle_bn=True, gather_distributed=g)
-    raise ValueError(method)
+    kwargs = {**TINY[method], "gather_distributed": gather, **{k: gather for k in FOLLOW_GATHER.get(method, ())}}
+    return METHODS[method](**kwargs)
 
 
 def make_model(method, gather, world):
     """The same float64 model on every process (fixed seed), BN in eval mode, ready for one step."""
     torch.manual_seed(SEED)
-    patch = contextlib.nullcontext() if method == "AMDIM" else mock.patch(
+    cls = METHODS[method]
+    patch = contextlib.nullcontext() if cls is AMDIM else mock.patch(  # AMDIM keeps its own (tiny) encoder
         "mvssl_lightning.methods.base.build_backbone", _tiny_backbone)
     with patch:
         model = _build(method, gather)
@@ -127,9 +124,9 @@ def make_model(method, gather, world):
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-    if method == "MEC":
+    if cls is MEC:
         model._trainer = _StandInTrainer(world)
-    if method == "ERDINO":
+    if cls is ERDINO:
         gen = torch.Generator().manual_seed(3)
         model.center.center = torch.randn(model.center.center.shape, generator=gen, dtype=torch.float64)
     return model
@@ -139,13 +136,14 @@ def global_views(method):
     """The global batch's views (``WORLD * B`` rows each), float64, fixed."""
     gen = torch.Generator().manual_seed(11)
     rand = lambda px: torch.randn(WORLD * B, 3, px, px, generator=gen, dtype=torch.float64)  # noqa: E731
-    if method == "AMDIM":
+    cls = METHODS[method]
+    if cls is AMDIM:  # its encoder takes 32 px (CIFAR) or 128 px inputs only
         return [rand(32), rand(32)]
-    if method in ("MVEB", "ERDINO", "ERSwAV"):
-        return [rand(12), rand(12), rand(8)]  # two globals + one local crop
-    if method == "InfoMin":
+    if cls is InfoMin:  # 2 + num_patches views with the jigsaw branch
         patch = rand(8)
         return [rand(12), rand(12)] + [patch] * 3  # identical patches: the jigsaw order is irrelevant
+    if cls.max_views is None:  # a multi-crop method (MVEB, ER-DINO, ER-SwAV)
+        return [rand(12), rand(12), rand(8)]  # two globals + one local crop
     return [rand(12), rand(12)]
 
 
@@ -176,13 +174,13 @@ def keep_float64():
 
 def step(model, method, views, rows, patch_float=False):
     """One training step's gradients ``{name: grad}`` (and the InfoMin queue after it)."""
-    patch = mock.patch("mvssl_lightning.losses.amdim.sample_r5_cells", _FixedCells(rows)) if method == "AMDIM" \
-        else contextlib.nullcontext()
+    patch = mock.patch("mvssl_lightning.losses.amdim.sample_r5_cells", _FixedCells(rows)) \
+        if METHODS[method] is AMDIM else contextlib.nullcontext()
     with patch, (keep_float64() if patch_float else contextlib.nullcontext()):
         loss = model.compute_loss(views)[0]
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    queue = model.queue.keys.clone() if method == "InfoMin" else None
+    queue = model.queue.keys.clone() if METHODS[method] is InfoMin else None
     return grads, queue
 
 
@@ -190,7 +188,6 @@ def local(views, rank):
     return [v[rank * B:(rank + 1) * B] for v in views]
 
 
-METHODS = ["MVEB", "MEC", "ERSimCLR", "ERBYOL", "ERDINO", "ERSwAV", "AMDIM", "InfoMin"]
 CASES = [(m, g) for m in METHODS for g in (True, False)]
 
 
@@ -225,7 +222,7 @@ def _assert_close(got, expected, what):
 
 
 @pytest.mark.parametrize("gather", [True, False], ids=["gather", "local"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_ddp_step_matches_documented_semantics(ddp_results, method, gather):
     torch.manual_seed(0)
     views = global_views(method)
@@ -245,7 +242,7 @@ def test_ddp_step_matches_documented_semantics(ddp_results, method, gather):
     # them coincide by design (losses/infonce.py docstring)
     diff = sum(float((glob_grads[n] - local_avg[n]).norm() ** 2) for n in glob_grads) ** 0.5
     diff /= sum(float(glob_grads[n].norm() ** 2) for n in glob_grads) ** 0.5
-    if method == "InfoMin":
+    if METHODS[method] is InfoMin:
         _assert_close(local_avg, glob_grads, "InfoMin local vs global")
         for r, res in enumerate(per_rank):  # every process enqueued the keys of all processes, in rank order
             assert torch.equal(res[1], glob_queue) or torch.allclose(res[1], glob_queue, rtol=0, atol=1e-12), r
@@ -253,8 +250,13 @@ def test_ddp_step_matches_documented_semantics(ddp_results, method, gather):
         assert diff > 10 * RTOL, f"{method}: global-batch and per-process gradients differ by {diff:.2g} only"
 
 
+def test_every_registered_method_has_a_tiny_recipe():
+    assert set(TINY) == set(METHODS), "add the new method's tiny construction kwargs to TINY"
+    assert set(FOLLOW_GATHER) <= set(METHODS)
+
+
 # --------------------------------------------------------------------------- float64 precision
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_float64_model_steps_in_float64(method):
     """A float64 model's step is exactly what it is with a float64-preserving ``.float()``, i.e. no
     part of it is computed in float32 (the methods cast half-precision head outputs up with

@@ -216,14 +216,15 @@ def test_datamodule_makes_views_after_transfer(decode):
 def test_datamodule_generator_state_round_trips():
     dm = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
     dm.setup()
-    images, _ = next(iter(dm.train_dataloader()))
-    dm.make_views(images, torch.device("cpu"))
+    images, targets = next(iter(dm.train_dataloader()))
+    dm.on_after_batch_transfer((images, targets), 0)
     state = dm.state_dict()
-    expected = dm.make_views(images, torch.device("cpu"))
+    assert set(state) == {"view_generator"}  # the checkpoint key of the device views' generator
+    expected, _ = dm.on_after_batch_transfer((images, targets), 0)
     restored = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
     restored.setup()
     restored.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(expected, restored.make_views(images, torch.device("cpu"))))
+    assert all(torch.equal(a, b) for a, b in zip(expected, restored.on_after_batch_transfer((images, targets), 0)[0]))
 
 
 def test_datamodule_falls_back_to_the_cpu_path_with_a_message():
@@ -261,26 +262,19 @@ def test_training_runs_with_gpu_views_on_the_cpu(tmp_path):
         "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0",
         "--data.batch_size", "16",
     ])
-    assert cli.datamodule.device_views is not None
+    assert cli.datamodule.device_stage is not None
     assert cli.trainer.global_step == 2
     assert cli.trainer.callback_metrics["train/loss"].isfinite()
 
 
-def test_resumed_ranks_draw_different_views():
-    # only rank 0's generator state is checkpointed: after resume, rank 0 continues it and the
-    # other ranks must not copy it (they would draw the same parameters as rank 0)
+def test_datamodule_hands_a_state_loaded_before_setup_to_its_device_stage():
+    # a checkpoint can be loaded before setup creates the stage: the stage continues its stream
     saved = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
     saved.setup()
-    saved.view_generator()
+    saved.device_stage.generator()
     state = saved.state_dict()
-    expected = torch.rand(4, generator=saved.view_generator())
-
-    def resumed(rank):
-        dm = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
-        dm._rank = lambda: rank
-        dm.load_state_dict(state)
-        return torch.rand(4, generator=dm.view_generator())
-
-    assert torch.equal(resumed(0), expected)
-    assert not torch.equal(resumed(1), expected) and not torch.equal(resumed(1), resumed(2))
-    assert torch.equal(resumed(1), resumed(1))  # still reproducible
+    expected = torch.rand(4, generator=saved.device_stage.generator())
+    dm = MultiViewDataModule(views="two_views_cifar", gpu_views=True, batch_size=8, num_workers=0)
+    dm.load_state_dict(state)
+    dm.setup()
+    assert torch.equal(torch.rand(4, generator=dm.device_stage.generator()), expected)

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mvssl_lightning import MVEB, MultiViewDataModule, OnlineKNN, OnlineLinearProbe, RepresentationDiagnostics
-from mvssl_lightning.callbacks.diagnostics import (
-    RepresentationCollapseWarning,
+from mvssl_lightning.callbacks.diagnostics import RepresentationCollapseWarning
+from mvssl_lightning.core.statistics import (
     alignment,
     dimension_std,
     embedding_statistics,

@@ -22,17 +22,11 @@ from PIL import Image
 from torch import nn
 
 from mvssl_lightning.cli import run_cli as pretrain_cli
-from mvssl_lightning.evaluation import (
-    LARC,
-    FineTune,
-    FirstView,
-    KNNEval,
-    LabeledDataModule,
-    LinearEval,
-    lr_factor,
-)
+from mvssl_lightning.core.optim import LARC
+from mvssl_lightning.core.schedules import lr_factor
+from mvssl_lightning.evaluation import FineTune, FirstView, KNNEval, LabeledDataModule, LinearEval
 from mvssl_lightning.evaluation.cli import run_cli
-from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin
+from mvssl_lightning.methods import AMDIM, METHODS
 from mvssl_lightning.models import export_torchvision_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,18 +175,24 @@ def test_larc_matches_a_float64_reference_and_lightly_lars_when_decaying(wd):
 
 
 # ----------------------------------------------------------------------------- loading checkpoints
+_R18 = dict(backbone="resnet18")
+#: per registry name (``METHODS``), the tiny construction kwargs of the checkpoint-loading test; a method
+#: added to ``METHODS`` without an entry fails ``test_every_method_checkpoint_loads_into_linear_eval``
+TINY_METHODS = {
+    "mveb": dict(**_R18, proj_hidden_dim=16, proj_output_dim=8),
+    "mec": dict(**_R18, cifar_stem=True, proj_hidden_dim=16, proj_output_dim=8, pred_hidden_dim=8),
+    "amdim": dict(cifar_stem=True, backbone_kwargs={"ndf": 8, "n_rkhs": 32, "depth": 1}),
+    "infomin": dict(**_R18, proj_hidden_dim=16, proj_output_dim=8, queue_size=32),
+    "er_simclr": dict(**_R18, proj_hidden_dim=16, proj_output_dim=8),
+    "er_byol": dict(**_R18, proj_hidden_dim=16, proj_output_dim=8, pred_hidden_dim=16),
+    "er_dino": dict(**_R18, head_hidden_dim=16, bottleneck_dim=8, output_dim=32),
+    "er_swav": dict(**_R18, proj_hidden_dim=16, proj_output_dim=8, n_prototypes=16),
+}
+
+
 def _tiny_methods():
-    r18 = dict(backbone="resnet18")
-    return {
-        "MVEB": MVEB(**r18, proj_hidden_dim=16, proj_output_dim=8),
-        "MEC": MEC(**r18, cifar_stem=True, proj_hidden_dim=16, proj_output_dim=8, pred_hidden_dim=8),
-        "AMDIM": AMDIM(cifar_stem=True, backbone_kwargs={"ndf": 8, "n_rkhs": 32, "depth": 1}),
-        "InfoMin": InfoMin(**r18, proj_hidden_dim=16, proj_output_dim=8, queue_size=32),
-        "ERSimCLR": ERSimCLR(**r18, proj_hidden_dim=16, proj_output_dim=8),
-        "ERBYOL": ERBYOL(**r18, proj_hidden_dim=16, proj_output_dim=8, pred_hidden_dim=16),
-        "ERDINO": ERDINO(**r18, head_hidden_dim=16, bottleneck_dim=8, output_dim=32),
-        "ERSwAV": ERSwAV(**r18, proj_hidden_dim=16, proj_output_dim=8, n_prototypes=16),
-    }
+    assert set(TINY_METHODS) == set(METHODS), "add the new method's tiny construction kwargs to TINY_METHODS"
+    return {name: cls(**TINY_METHODS[name]) for name, cls in METHODS.items()}
 
 
 def test_every_method_checkpoint_loads_into_linear_eval(tmp_path):
@@ -213,7 +213,7 @@ def test_every_method_checkpoint_loads_into_linear_eval(tmp_path):
         with torch.no_grad():
             expected = method(x)  # SiameseModule.forward: the backbone's pooled features (AMDIM: r1 flattened)
             assert torch.equal(model.features(x), expected), name
-        assert model.feat_dim == expected.shape[1] == (32 if name == "AMDIM" else 512)
+        assert model.feat_dim == expected.shape[1] == (32 if isinstance(method, AMDIM) else 512)
         assert model(x).shape == (3, 10)
 
 

@@ -1,6 +1,6 @@
-"""Import structure of ``mvssl_lightning.data``: every module imports in a fresh interpreter, the module
-import graph (read with ``ast``, function-level imports included) is acyclic, and nothing under
-``data/device/`` imports the view recipes."""
+"""Import structure of the package: every module imports in a fresh interpreter; the module import graph
+(read with ``ast``, function-level imports included) is acyclic; modules import only their own package and
+the layers below (``LAYERS``); and nothing under ``data/device/`` imports the view recipes."""
 
 from __future__ import annotations
 
@@ -105,6 +105,76 @@ def test_every_data_module_imports_in_a_fresh_interpreter():
     names = sorted(_modules())
     # each module first: the library's modules are dropped from sys.modules before the next one
     # (torch and lightly stay cached, so this stays cheap)
+    code = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'mvssl_lightning']:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the whole package: layers
+
+#: the package's layers, lowest first: a module may import its own package and the layers below it, never
+#: one above (function-level imports included)
+LAYERS: list[set[str]] = [
+    {"losses", "models"},
+    {"core"},
+    {"data"},
+    {"methods", "callbacks"},
+    {"evaluation"},
+    {"resume", "report"},
+    {"cli", "__init__"},
+    {"__main__"},
+]
+
+
+def _package_graph() -> dict[str, set[str]]:
+    root = ROOT / "mvssl_lightning"
+    modules = {_module_name(p): p for p in sorted(root.rglob("*.py"))}
+    known = set(modules)
+    return {name: _imports(name, path, known) - {name} for name, path in modules.items()}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_package_module_has_a_layer():
+    for module in _package_graph():
+        _layer(module)  # raises StopIteration for a top-level name no layer lists
+
+
+def test_the_whole_package_imports_only_downward_and_without_cycles():
+    graph = _package_graph()
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if _layer(b) > _layer(a) or (_layer(b) == _layer(a) and a.split(".")[:2] != b.split(".")[:2])
+    )
+    assert not upward, "imports that go up (or sideways between packages of one layer):\n" + "\n".join(upward)
+    cycle = _find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_layer_check_sees_an_upward_import_inside_a_function(tmp_path):
+    fake = tmp_path / "probe.py"
+    fake.write_text("def f():\n    from mvssl_lightning.evaluation.modules import LinearEval\n")
+    known = set(_package_graph())
+    found = _imports("mvssl_lightning.callbacks.probe", fake, known)
+    assert "mvssl_lightning.evaluation.modules" in found
+    assert _layer("mvssl_lightning.evaluation.modules") > _layer("mvssl_lightning.callbacks.probe")
+
+
+def test_every_package_module_imports_in_a_fresh_interpreter():
+    names = sorted(n for n in _package_graph() if not n.endswith("__main__"))
     code = (
         "import importlib, sys\n"
         "for name in sys.argv[1:]:\n"

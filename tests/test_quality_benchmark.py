@@ -28,7 +28,7 @@ from benchmarks.quality.recipes import (
     load_config,
 )
 from benchmarks.quality.report import markdown
-from mvssl_lightning.evaluation.features import linear_probe
+from mvssl_lightning.core.probe import linear_probe
 
 
 @pytest.fixture(scope="module")

@@ -171,9 +171,9 @@ def test_gpu_views_generator_is_checkpointed_and_restored(tmp_path):
     t.fit(tiny_mveb(), datamodule=first)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     saved = ckpt["MultiViewDataModule"]["view_generator"]
-    assert torch.equal(saved, first.view_generator().get_state())
+    assert torch.equal(saved, first.device_stage.generator().get_state())
 
     resumed = dm()
     t = trainer(tmp_path, 2, [])  # already at max_steps: restores, trains nothing
     t.fit(tiny_mveb(), datamodule=resumed, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert torch.equal(resumed.view_generator().get_state(), saved)
+    assert torch.equal(resumed.device_stage.generator().get_state(), saved)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from mvssl_lightning.core.optim import build_optimizer, parameter_groups
+from mvssl_lightning.core.schedules import cosine_anneal, warmup_cosine_factor
 from mvssl_lightning.methods.momentum import cosine_momentum
-from mvssl_lightning.optim import build_optimizer, parameter_groups
-from mvssl_lightning.schedules import cosine_anneal, warmup_cosine_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

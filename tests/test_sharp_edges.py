@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mvssl_lightning.cli import run_cli
-from mvssl_lightning.precision import auto_precision, precision_for
+from mvssl_lightning.core.precision import auto_precision, precision_for
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs/quickstart.yaml")
@@ -76,7 +76,8 @@ def test_fit_validates_at_start_and_ends_with_a_summary_and_a_learning_curve_pic
     from PIL import Image
 
     from mvssl_lightning.callbacks import RunSummary
-    from mvssl_lightning.callbacks.summary import plot_learning_curves
+    from mvssl_lightning.callbacks.summary import ACCURACIES
+    from mvssl_lightning.core.plotting import plot_learning_curves
 
     # the quickstart config validates at start and carries a RunSummary with the offline probe
     result = cli(tmp_path, "fit", "--trainer.max_epochs", "2")
@@ -92,5 +93,5 @@ def test_fit_validates_at_start_and_ends_with_a_summary_and_a_learning_curve_pic
     picture = run_dir / "learning_curves.png"
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.size[0] > 300
-    series = plot_learning_curves(summary.rows, tmp_path / "again.png")
+    series = plot_learning_curves(summary.rows, tmp_path / "again.png", ACCURACIES)
     assert "loss" in series["losses"] and series["accuracies"] == ["kNN top-1", "probe top-1", "linear probe"]

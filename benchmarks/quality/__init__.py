@@ -7,7 +7,7 @@ Run it as ``python -m benchmarks.quality`` (``--help`` for the options). Modules
   baselines from ``benchmarks.lightly_models``) under the shared budget;
 - :mod:`~benchmarks.quality.features`: the frozen features of the final validation and the collapse check;
 - the offline linear probe on those features is the library's
-  (:func:`mvssl_lightning.evaluation.features.linear_probe`);
+  (:func:`mvssl_lightning.core.probe.linear_probe`);
 - :mod:`~benchmarks.quality.report` and :mod:`~benchmarks.quality.chart`: the markdown table and the PNG chart.
 
 Importing the package imports nothing else (matplotlib, in particular, is only loaded to draw a chart).

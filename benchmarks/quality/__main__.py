@@ -12,7 +12,7 @@ AMDIM keeps its own encoder). After the final epoch one validation pass gives, o
 
 * kNN top-1 / top-5 (``OnlineKNN``: k = 200, T = 0.1, bank = train split with the eval transform);
 * the online linear probe's top-1 (``OnlineLinearProbe``, trained during pre-training);
-* the offline linear probe's top-1 (``mvssl_lightning.evaluation.features.linear_probe``: AdamW on the
+* the offline linear probe's top-1 (``mvssl_lightning.core.probe.linear_probe``: AdamW on the
   standardised frozen features of the train split, 100 epochs);
 * the collapse check (``features.py``: spread and effective rank of the test features);
 
@@ -46,22 +46,18 @@ import torch
 
 from benchmarks.quality.chart import write_chart
 from benchmarks.quality.features import FeatureCollector, feature_spread
-from benchmarks.quality.recipes import BASELINES, METHOD_CONFIGS, Budget, build_baseline, build_method
+from benchmarks.quality.recipes import BASELINES, METHOD_CONFIGS, METHOD_LABELS, Budget, build_baseline, build_method
 from benchmarks.quality.report import markdown
 from benchmarks.timing import TrainingTimer, peak_memory_gib, reset_peak_memory
 from mvssl_lightning.callbacks import OnlineKNN, OnlineLinearProbe
+from mvssl_lightning.core.probe import linear_probe
 from mvssl_lightning.data.datasets import build_dataset, peek_num_classes
-from mvssl_lightning.evaluation.features import linear_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 KNN_K, KNN_T = 200, 0.1
 PROBE_EPOCHS = 100
 
-METHOD_LABELS = {
-    "mveb": "MVEB", "mec": "MEC", "infomin": "InfoMin", "amdim": "AMDIM", "er_simclr": "ER-SimCLR",
-    "er_byol": "ER-BYOL", "er_dino": "ER-DINO", "er_swav": "ER-SwAV",
-}
 BASELINE_LABELS = {"simclr": "SimCLR (lightly)", "byol": "BYOL (lightly)", "barlowtwins": "Barlow Twins (lightly)"}
 
 #: ``--smoke``: every model on a tiny subset of the embedded data, one epoch, fp32 on the CPU

@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from lightly.utils.debug import std_of_l2_normalized
 from torch import Tensor
 
-from mvssl_lightning.callbacks.features import features_and_targets
+from mvssl_lightning.core.features import features_and_targets
 
-#: below this ``std_x_sqrt_d`` the features count as collapsed (20x less spread than isotropic)
-COLLAPSE_STD = 0.05
-#: below this effective rank the features count as collapsed (about one direction)
-COLLAPSE_RANK = 2.0
+# the library's collapse thresholds, the same as RepresentationDiagnostics' and TrainingHealth's
+from mvssl_lightning.core.statistics import COLLAPSE_RANK, COLLAPSE_STD
 
 
 class FeatureCollector(pl.Callback):

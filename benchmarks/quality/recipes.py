@@ -27,6 +27,9 @@ ToTensor + ImageNet normalisation at the native size (:func:`baseline_datamodule
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -38,21 +41,16 @@ from lightly.transforms import SimCLRTransform
 
 from benchmarks.lightly_models import LightlyBarlowTwins, LightlyBYOL, LightlyModel, LightlySimCLR
 from mvssl_lightning.data import IMAGENET_NORMALIZE, VIEW_RECIPES, MultiViewDataModule, eval_view_cifar
+from mvssl_lightning.methods import METHODS
 from mvssl_lightning.methods.base import SiameseModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-#: benchmark name -> config file
-METHOD_CONFIGS: dict[str, str] = {
-    "mveb": "mveb_cifar10.yaml",
-    "mec": "mec_cifar10.yaml",
-    "infomin": "infomin_cifar10.yaml",
-    "amdim": "amdim_cifar10.yaml",
-    "er_simclr": "er_simclr_cifar10.yaml",
-    "er_byol": "er_byol_cifar10.yaml",
-    "er_dino": "er_dino_cifar10.yaml",
-    "er_swav": "er_swav_cifar10.yaml",
-}
+#: every method of the registry -> its CIFAR-10 config, ``configs/<name>_cifar10.yaml`` (tests/test_registry.py
+#: checks that each exists and builds that method)
+METHOD_CONFIGS: dict[str, str] = {name: f"{name}_cifar10.yaml" for name in METHODS}
+#: report labels: the class names, the ER family's hyphenated as in the paper (ER-SimCLR)
+METHOD_LABELS: dict[str, str] = {name: re.sub(r"^ER(?=[A-Z])", "ER-", cls.__name__) for name, cls in METHODS.items()}
 
 #: benchmark name -> lightly-built baseline (its defaults are lightly's CIFAR-10 recipe)
 BASELINES: dict[str, type[LightlyModel]] = {
@@ -111,6 +109,19 @@ def _resize_views(data: dict[str, Any], model_args: dict[str, Any], side: int) -
     model_args["cifar_stem"] = side <= CIFAR_STEM_MAX_SIDE
 
 
+def recipe_args(model: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``model`` section as the method receives it: its class's recipe defaults (the signature:
+    configs write only what differs) updated with ``init_args``."""
+    path = model["class_path"]
+    cls = next((c for c in METHODS.values() if path in (c.__name__, f"{c.__module__}.{c.__name__}")), None)
+    if cls is None:
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **(model.get("init_args") or {})}
+
+
 def adapt_config(config: dict[str, Any], budget: Budget) -> dict[str, Any]:
     """A copy of ``config`` (``model`` + ``data``) with the budget's data, resolution and warm-up cap."""
     cfg = copy.deepcopy(config)
@@ -123,9 +134,10 @@ def adapt_config(config: dict[str, Any], budget: Budget) -> dict[str, Any]:
     if budget.image_size != 32:
         _resize_views(data, model_args, budget.image_size)
     max_warmup = MAX_WARMUP_FRACTION * budget.epochs
-    if "warmup_steps" in model_args and model_args["warmup_steps"] is not None:
-        model_args["warmup_steps"] = min(int(model_args["warmup_steps"]), int(max_warmup * budget.steps_per_epoch))
-    elif float(model_args.get("warmup_epochs", 10.0)) > max_warmup:  # 10.0: SiameseModule's default
+    args = recipe_args(cfg["model"])  # the warm-up may be the class's default, not written in the config
+    if args.get("warmup_steps") is not None:
+        model_args["warmup_steps"] = min(int(args["warmup_steps"]), int(max_warmup * budget.steps_per_epoch))
+    elif float(args["warmup_epochs"]) > max_warmup:
         model_args["warmup_epochs"] = max_warmup
     return cfg
 
@@ -148,7 +160,7 @@ def build_method(name: str, budget: Budget, seed: int = 0) -> tuple[SiameseModul
     if isinstance(views, str) and views not in VIEW_RECIPES and cfg["data"].get("eval_transform") is None:
         normalize = (cfg["data"].get("view_kwargs") or {}).get("normalize", IMAGENET_NORMALIZE)
         datamodule.eval_transform = eval_view_cifar(normalize=normalize)
-    args = cfg["model"]["init_args"]
+    args = recipe_args(cfg["model"])
     info = {
         "config": f"configs/{METHOD_CONFIGS[name]}",
         "model_class": type(model).__name__,

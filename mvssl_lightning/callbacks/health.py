@@ -10,7 +10,9 @@ finite and are silent otherwise:
   L2-normalised backbone features of the training batch (``outputs["features"]``): the mean over
   dimensions of the per-dimension standard deviation, times ``sqrt(d)``, which is about 1 for
   features spread over the sphere and 0 for collapsed ones (the collapse metric of lightly's
-  ``std_of_l2_normalized``, Barlow Twins-style), below ``min_feature_std``.
+  ``std_of_l2_normalized``, Barlow Twins-style), below ``min_feature_std`` (default
+  :data:`mvssl_lightning.core.statistics.COLLAPSE_STD`).  It is the ``std_sqrt_d`` of
+  :mod:`mvssl_lightning.core.statistics` (``dimension_std``), computed in float32 on the batch.
 
 Checked every ``every_n_steps`` optimiser steps (one norm over the parameters and one std over a
 batch: negligible).  ``action``: ``"warn"`` (default: once per kind of failure, naming the step and
@@ -25,17 +27,22 @@ from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
+
+from mvssl_lightning.core.statistics import COLLAPSE_STD, dimension_std
 
 __all__ = ["TrainingHealth", "feature_std"]
 
 
 def feature_std(features: Tensor) -> float:
-    """``mean_j std_b(z_bj) * sqrt(d)`` of the L2-normalised rows ``z`` of ``features (B, d)``."""
-    z = F.normalize(features.detach().float().flatten(1), dim=1)
-    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+    """``mean_j std_b(z_bj) * sqrt(d)`` of the L2-normalised rows ``z`` of ``features (B, d)``, in float32
+    (``std_sqrt_d`` of :mod:`mvssl_lightning.core.statistics`); NaN for a single row."""
+    if features.shape[0] < 2:
+        return math.nan  # what the unbiased std of one row gives
+    sigma = dimension_std(features, dtype=torch.float32)
+    return float(sigma.mean() * math.sqrt(sigma.shape[0]))
 
 
 class TrainingHealth(pl.Callback):
@@ -54,7 +61,7 @@ class TrainingHealth(pl.Callback):
         self,
         every_n_steps: int = 50,
         max_param_norm_ratio: Optional[float] = 100.0,
-        min_feature_std: Optional[float] = 0.05,
+        min_feature_std: Optional[float] = COLLAPSE_STD,
         min_step: int = 100,
         action: Literal["warn", "stop", "raise"] = "warn",
     ) -> None:
@@ -77,10 +84,12 @@ class TrainingHealth(pl.Callback):
         squares = [p.detach().double().pow(2).sum() for p in pl_module.parameters() if p.requires_grad]
         return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._initial_norm is None:
             self._initial_norm = self.parameter_norm(pl_module)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -116,8 +125,10 @@ class TrainingHealth(pl.Callback):
         if self.action == "stop":
             trainer.should_stop = True
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"initial_norm": self._initial_norm}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._initial_norm = state_dict.get("initial_norm")

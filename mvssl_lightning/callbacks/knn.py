@@ -1,12 +1,7 @@
 """Online weighted k-nearest-neighbour evaluation of the features during validation.
 
-The classifier of Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
-Discrimination" (InstDisc), as in lightly's :func:`lightly.utils.benchmarking.knn_predict`, which is
-used for the computation. With L2-normalised features, a bank ``(b_j, c_j)`` and a query ``q``:
-
-* ``s_j = <q, b_j>`` (cosine similarity), ``N_k(q)`` = the ``k`` largest ``s_j``;
-* class score ``score_c(q) = sum_{j in N_k(q), c_j = c} exp(s_j / T)``;
-* prediction ``argmax_c score_c(q)`` (top-5: the five highest scores).
+The classifier (Wu et al. 2018, InstDisc; equations in :mod:`mvssl_lightning.core.knn`) scores every
+query ``q`` against a labelled bank by ``score_c(q) = sum_{j in N_k(q), c_j = c} exp(<q, b_j> / T)``.
 
 The bank is the validation loader ``bank_dataloader_idx`` (our datamodule: the train set with the
 eval transform), the queries are loader ``query_dataloader_idx`` (the test set). Under DDP the bank is
@@ -21,17 +16,14 @@ from typing import Any, Optional, cast
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightly.utils.benchmarking import knn_predict
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
-from mvssl_lightning.callbacks.features import all_gather_cat, check_labels, features_and_targets
+from mvssl_lightning.core.features import all_gather_cat, check_labels, features_and_targets
+from mvssl_lightning.core.knn import knn_classify
 
 __all__ = ["OnlineKNN"]
-
-# Elements of the largest temporary (similarity chunk / one-hot votes) per query chunk.
-_CHUNK_ELEMENTS = 2**25
-
 
 class OnlineKNN(pl.Callback):
     """Weighted kNN accuracy of the features (Wu et al. 2018), computed at each validation epoch end.
@@ -91,6 +83,7 @@ class OnlineKNN(pl.Callback):
         self._dataset_classes: Optional[int] = None
         self._warned_classes: set[str] = set()
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
         self._dataset_classes = int(classes) if isinstance(classes, int) and classes > 0 else None
@@ -102,26 +95,16 @@ class OnlineKNN(pl.Callback):
 
     # ------------------------------------------------------------------ computation
     def predict(self, queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int) -> Tensor:
-        """Class ranking ``(Q, num_classes)`` (best first) of ``queries (Q, D)`` against ``bank (N, D)``
-        with labels ``bank_labels (N,)``; features are L2-normalised here. Processes the queries in
-        chunks to bound memory."""
-        queries = F.normalize(queries.float(), dim=1)
-        bank_t = F.normalize(bank.float(), dim=1).t().contiguous()  # (D, N)
-        labels = bank_labels.long()
-        k = min(self.k, bank_t.shape[1])
-        chunk = max(1, min(_CHUNK_ELEMENTS // (k * num_classes), _CHUNK_ELEMENTS // bank_t.shape[1]))
-        out = [
-            knn_predict(q, bank_t, labels, num_classes=num_classes, knn_k=k, knn_t=self.temperature)
-            for q in queries.split(chunk)
-        ]
-        if not out:
-            return torch.empty(0, num_classes, dtype=torch.long, device=queries.device)
-        return torch.cat(out)
+        """Class ranking ``(Q, num_classes)`` (best first) of ``queries`` against the bank
+        (:func:`~mvssl_lightning.core.knn.knn_classify` with this callback's ``k`` and ``temperature``)."""
+        return knn_classify(queries, bank, bank_labels, num_classes, self.k, self.temperature)
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clear()
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -151,6 +134,7 @@ class OnlineKNN(pl.Callback):
         if is_query:
             self._queries.append(item)
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from mvssl_lightning.callbacks.features import all_gather_cat, check_labels, features_and_targets
+from mvssl_lightning.core.features import all_gather_cat, check_labels, features_and_targets
 
 __all__ = ["OnlineLinearProbe"]
 
@@ -121,6 +122,7 @@ class OnlineLinearProbe(pl.Callback):
         self._warned_no_targets = False
 
     # ------------------------------------------------------------------ public helpers
+    @override
     @property
     def state_key(self) -> str:
         return self._generate_state_key(log_prefix=self.log_prefix, num_classes=self.num_classes)
@@ -197,6 +199,7 @@ class OnlineLinearProbe(pl.Callback):
         return self._head
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         feat_dim = getattr(pl_module, "feat_dim", None)
         self._expected_feat_dim = int(feat_dim) if isinstance(feat_dim, int) else None
@@ -207,6 +210,7 @@ class OnlineLinearProbe(pl.Callback):
                 f"{classes} classes: set the probe's num_classes to {classes}"
             )
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -242,9 +246,11 @@ class OnlineLinearProbe(pl.Callback):
         pl_module.log(f"{self.log_prefix}/train_loss", loss.detach(), **kw)
         pl_module.log(f"{self.log_prefix}/train_top1", top1, **kw)
 
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_val()
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -271,6 +277,7 @@ class OnlineLinearProbe(pl.Callback):
                 metric.to(logits.device).update(logits, y[keep])
         self._val_batches += 1
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (self._head is None and self._pending_state is None):
             return
@@ -297,6 +304,7 @@ class OnlineLinearProbe(pl.Callback):
         self._val_batches = 0
 
     # ------------------------------------------------------------------ checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self._head is None:
             return copy.deepcopy(self._pending_state) if self._pending_state is not None else {}
@@ -310,6 +318,7 @@ class OnlineLinearProbe(pl.Callback):
             }
         )
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return

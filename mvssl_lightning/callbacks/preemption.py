@@ -25,6 +25,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
 
 __all__ = ["PreemptionCheckpoint", "RunCheckpoint"]
 
@@ -36,6 +37,7 @@ class RunCheckpoint(ModelCheckpoint):
     ``save_last=True`` still writes a full ``last.ckpt`` after the one-batch smoke run.
     """
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(trainer, "fast_dev_run", False):
             return
@@ -58,6 +60,7 @@ class PreemptionCheckpoint(pl.Callback):
         self._previous_sigusr1: Any = None
         self.saved_path: Optional[Path] = None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.handle_sigusr1 or not hasattr(signal, "SIGUSR1"):
             return
@@ -66,6 +69,7 @@ class PreemptionCheckpoint(pl.Callback):
             return  # Lightning's SLURM handler saves, requeues and resumes
         self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._previous_sigusr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_sigusr1)
@@ -83,6 +87,7 @@ class PreemptionCheckpoint(pl.Callback):
         directory = Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}.ckpt"
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return

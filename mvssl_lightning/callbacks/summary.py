@@ -4,7 +4,7 @@ After every validation it records, per epoch: the mean of every ``train/*`` term
 epoch, the kNN and online-probe accuracies (``knn/top1``, ``probe/val_top1``) and, optionally, an
 offline linear probe of the frozen features (``offline_probe``): a linear classifier fitted on the
 validation bank's features and scored on the queries' with the library's fixed protocol
-(:func:`mvssl_lightning.evaluation.features.linear_probe`), the same code at initialisation and
+(:func:`mvssl_lightning.core.probe.linear_probe`), the same code at initialisation and
 after training, so the two numbers compare.  A validation pass before the first training step (the
 ``mvssl`` command's ``validate_at_start: true``) is recorded as epoch ``init``.
 
@@ -22,10 +22,12 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from typing_extensions import override
 
-from mvssl_lightning.callbacks.features import all_gather_cat, features_and_targets
+from mvssl_lightning.core.features import all_gather_cat, features_and_targets
+from mvssl_lightning.core.plotting import plot_learning_curves
 
-__all__ = ["RunSummary", "plot_learning_curves"]
+__all__ = ["RunSummary"]
 
 #: accuracies shown in the table, in this order, if logged
 ACCURACIES = {"knn/top1": "kNN top-1", "probe/val_top1": "probe top-1", "offline_probe/top1": "linear probe"}
@@ -65,9 +67,11 @@ class RunSummary(pl.Callback):
         self._features: dict[int, list[tuple[Tensor, Tensor]]] = {0: [], 1: []}
 
     # ------------------------------------------------------------------ training terms
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sums, self._counts = {}, {}
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -82,9 +86,11 @@ class RunSummary(pl.Callback):
                     self._counts[name] = self._counts.get(name, 0) + finite.long()
 
     # ------------------------------------------------------------------ validation
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._features = {0: [], 1: []}
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -100,6 +106,7 @@ class RunSummary(pl.Callback):
         if f is not None and y is not None:
             self._features[dataloader_idx].append((f.detach().float(), y))
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -123,7 +130,7 @@ class RunSummary(pl.Callback):
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
 
     def _offline_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[float]:
-        from mvssl_lightning.evaluation.features import linear_probe
+        from mvssl_lightning.core.probe import linear_probe
 
         if not self._features[0] or not self._features[1]:
             return None
@@ -144,12 +151,15 @@ class RunSummary(pl.Callback):
         return result.test_top1
 
     # ------------------------------------------------------------------ the end
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run_dir = trainer.log_dir  # a collective under DDP: every process asks
         if not self.rows or not trainer.is_global_zero:
@@ -161,7 +171,7 @@ class RunSummary(pl.Callback):
         (log_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         picture = log_dir / "learning_curves.png"
         if self.plot:
-            plot_learning_curves(self.rows, picture)
+            plot_learning_curves(self.rows, picture, ACCURACIES)
         if self.print_summary:
             print(format_summary(self.rows, log_dir, checkpoint, picture if self.plot else None, self.eval_config))
 
@@ -198,50 +208,3 @@ def format_summary(
         config = eval_config or "configs/eval/<protocol>.yaml"
         lines.append(f"      mvssl-eval fit --config {config} --model.checkpoint {checkpoint}")
     return "\n".join(lines)
-
-
-def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> dict[str, list[str]]:
-    """Left, one small panel per ``train/*`` term (each on its own scale); right, the accuracies.
-
-    Epochs are on the x axis, the validation before training (``init``) first.  Returns the series
-    drawn per side (``{"losses": [...], "accuracies": [...]}``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [r["epoch"] for r in rows]
-    ticks = list(range(len(epochs)))
-    labels = [str(e) for e in epochs]
-
-    def series(key: str) -> Optional[tuple[list[int], list[float]]]:
-        points = [(i, float(r[key])) for i, r in enumerate(rows) if r.get(key) is not None]
-        return (list(zip(*points, strict=True)) if points else None)  # type: ignore[return-value]
-
-    terms = sorted({k for r in rows for k in r if k.startswith("train/")})
-    terms.sort(key=lambda k: k != "train/loss")  # the total first
-    fig = Figure(figsize=(11, max(3.5, 1.6 * len(terms))), layout="constrained")
-    FigureCanvasAgg(fig)  # draws without pyplot, leaving the user's matplotlib backend alone
-    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3], squeeze=False)[0]
-    drawn_terms = []
-    axes = left.subplots(max(1, len(terms)), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, term in zip(axes, terms, strict=False):
-        xy = series(term)
-        if xy:
-            ax.plot(*xy, marker="o", color="tab:gray" if term != "train/loss" else "tab:red")
-            ax.set_ylabel(term.removeprefix("train/"), fontsize="small")
-            ax.tick_params(labelsize="small")
-            ax.grid(alpha=0.3)
-            drawn_terms.append(term.removeprefix("train/"))
-    axes[0].set_title("training terms (epoch means)")
-    axes[-1].set(xticks=ticks, xticklabels=labels, xlabel="epoch", xlim=(-0.3, len(epochs) - 0.7))
-    acc = right.subplots()
-    for key, title in ACCURACIES.items():
-        xy = series(key)
-        if xy:
-            acc.plot(*xy, marker="o", label=title)
-    acc.set(title="accuracy on the test split", xlabel="epoch", ylabel="top-1", xticks=ticks, xticklabels=labels,
-            xlim=(-0.3, len(epochs) - 0.7))
-    acc.grid(alpha=0.3)
-    if acc.get_lines():
-        acc.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
-    return {"losses": drawn_terms, "accuracies": [line.get_label() for line in acc.get_lines()]}

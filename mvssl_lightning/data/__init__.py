@@ -15,6 +15,7 @@ from mvssl_lightning.data.device.recipe import (
     register_device_recipe,
     register_device_transform,
 )
+from mvssl_lightning.data.device.stage import DeviceViewStage
 from mvssl_lightning.data.views import (
     CIFAR10_NORMALIZE,
     IMAGENET_NORMALIZE,
@@ -35,6 +36,7 @@ from mvssl_lightning.data.views import (
 __all__ = [
     "CIFAR10_NORMALIZE",
     "DATASET_NAMES",
+    "DeviceViewStage",
     "DeviceViews",
     "IMAGENET_NORMALIZE",
     "VIEW_RECIPES",

@@ -17,27 +17,28 @@ Order and augmentation of the training samples depend on ``(seed, epoch, index)`
 Checks: the constructor validates its arguments (short ``ValueError`` naming the argument) without
 touching the disk; ``setup`` warns once when the training images are much smaller than the recipe's
 crops; the training loader never yields a batch of one sample (every method has BatchNorm).
+
+Two parts live in their own modules: which recipe and whether the images fit it
+(:mod:`mvssl_lightning.data.recipes`), and with ``gpu_views`` the device stage that decodes and augments
+the training batches and owns their random stream (:class:`~mvssl_lightning.data.device.stage.DeviceViewStage`).
+The data module creates the stage in ``setup`` and hands it the training batches
+(``on_after_batch_transfer``) and its share of the checkpoint (``state_dict`` / ``load_state_dict``).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import inspect
 import math
 import numbers
-import statistics
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch
-import torchvision.transforms as T
-import torchvision.transforms.v2 as T2
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
+from mvssl_lightning.core.compat import batches_done
 from mvssl_lightning.data.datasets import (
     DATASET_NAMES,
     DatasetName,
@@ -45,41 +46,26 @@ from mvssl_lightning.data.datasets import (
     WithSources,
     build_dataset,
     peek_num_classes,
-    sample_image_sizes,
 )
-from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
-from mvssl_lightning.data.device.recipe import DeviceViews, UnsupportedOnDevice, compile_views
-from mvssl_lightning.data.order import ResumableSampler, SeededSamples, batches_done, seeded_permutation
-from mvssl_lightning.data.views import (
-    IMAGENET_NORMALIZE,
-    VIEW_RECIPES,
-    default_eval_view,
-    eval_view,
-    eval_view_cifar,
-    get_view_recipe,
+from mvssl_lightning.data.device.registry import UnsupportedOnDevice
+from mvssl_lightning.data.device.stage import DECODE_CHOICES, DecodeMode, DeviceViewStage
+from mvssl_lightning.data.order import ResumableSampler, SeededSamples, seeded_permutation
+from mvssl_lightning.data.recipes import (
+    CIFAR_SIZED,
+    ChosenViews,
+    cifar_sized_images,
+    largest_crop,
+    method_default_views,
+    recipe_views,
+    resolve_views,
+    shorter_sides,
+    small_image_message,
 )
 
 __all__ = ["MultiViewDataModule", "multiview_collate"]
 
-#: Datasets of 32 px images.
-CIFAR_SIZED = ("default", "cifar10", "cifar100")
-#: ``views: auto`` on other datasets takes the ``_cifar`` recipe when the images' median shorter side is at most this
-CIFAR_SIZED_MAX_SIDE = 64
-
-#: Where ``gpu_views`` decodes JPEGs (see ``MultiViewDataModule``).
-DecodeMode = Literal["auto", "device", "workers"]
-DECODE_CHOICES: tuple[str, ...] = get_args(DecodeMode)
-#: With ``decode: auto`` on CUDA, JPEG files from this size on (ImageNet photos: ~110 KB) are decoded
-#: on the device; smaller ones (CIFAR: ~1 KB) in the workers.
-AUTO_DEVICE_DECODE_MIN_BYTES = 16 * 1024
-
 #: Seed of the fixed permutation that picks ``train_subset`` / ``test_subset`` samples.
 SUBSET_SEED = 0
-
-#: ``setup`` reads the header of this many training images to compare their size with the recipe's crops.
-SIZE_SAMPLE = 8
-#: ... and warns when the median shorter side is below this fraction of the largest crop.
-SMALL_IMAGE_FRACTION = 0.5
 
 
 def multiview_collate(batch: Sequence[tuple[Any, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -94,44 +80,6 @@ def multiview_collate(batch: Sequence[tuple[Any, int]]) -> tuple[list[torch.Tens
     views = [torch.stack(list(vs)) for vs in zip(*views_per_sample, strict=True)]
     targets = torch.as_tensor([int(t) for _, t in batch], dtype=torch.int64)
     return views, targets
-
-
-def _import_transform(path: str, kwargs: dict) -> Callable:
-    """Resolve ``"package.module.Name"`` and call it with ``kwargs`` (a transform class or factory)."""
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(
-            f"unknown view recipe {path!r}; valid names: {', '.join(VIEW_RECIPES)} "
-            "(or an import path such as lightly.transforms.SimCLRTransform, or any callable)"
-        )
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(
-            f"cannot import view transform {path!r} ({e}); valid recipe names: {', '.join(VIEW_RECIPES)}"
-        ) from e
-    return factory(**kwargs)
-
-
-def _largest_crop(transform: Any, seen: Optional[set[int]] = None) -> Optional[int]:
-    """The largest ``RandomResizedCrop`` size in a recipe (walks ``transforms`` / ``transform`` / ``crop``)."""
-    seen = set() if seen is None else seen
-    if id(transform) in seen:
-        return None
-    seen.add(id(transform))
-    if isinstance(transform, (T.RandomResizedCrop, T2.RandomResizedCrop)):
-        size = transform.size
-        return max(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
-    sizes: list[int] = []
-    for attr in ("transforms", "transform", "crop", "jigsaw"):
-        inner = getattr(transform, attr, None)
-        if inner is None or inspect.ismethod(inner):
-            continue
-        for t in inner if isinstance(inner, (list, tuple)) else [inner]:
-            size = _largest_crop(t, seen)
-            if size is not None:
-                sizes.append(size)
-    return max(sizes) if sizes else None
 
 
 def _subset(dataset: Dataset, n: Optional[int], shuffled: bool = False) -> Dataset:
@@ -238,29 +186,12 @@ class MultiViewDataModule(L.LightningDataModule):
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
         self.data_dir = data_dir
         self.view_kwargs = dict(view_kwargs or {})
-        self.views_name = views if isinstance(views, str) else str(getattr(views, "name", "") or type(views).__name__)
         self._eval_transform_given = eval_transform
+        self.views_name = "auto"
         self.view_transform: Optional[Callable] = None
         self.eval_transform: Optional[Callable] = None
-        if views == "auto":
-            pass  # chosen in setup, from the method (_choose_recipe)
-        elif isinstance(views, str) and views in VIEW_RECIPES:
-            self._use_recipe(views)
-        else:
-            if isinstance(views, str):
-                views = _import_transform(views, self.view_kwargs)
-            elif self.view_kwargs:
-                raise ValueError("view_kwargs is only used when views is a recipe name or import path")
-            if not callable(views):
-                raise TypeError(f"views must be a recipe name or a callable, got {type(views).__name__}")
-            self.view_transform = views
-            # A foreign transform (e.g. lightly's) normalises with ImageNet statistics by default.
-            default_eval = (
-                eval_view_cifar(normalize=IMAGENET_NORMALIZE)
-                if self.dataset_name in CIFAR_SIZED
-                else eval_view()
-            )
-            self.eval_transform = eval_transform if eval_transform is not None else default_eval
+        if views != "auto":  # auto: chosen in setup, from the method (_choose_recipe)
+            self._use(resolve_views(views, self.view_kwargs, eval_transform, self.dataset_name))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -272,42 +203,42 @@ class MultiViewDataModule(L.LightningDataModule):
         self.test_subset = test_subset
         self.gpu_views = bool(gpu_views)
         self.decode = decode
-        self.device_views: Optional[DeviceViews] = None
-        self._view_generator: Optional[torch.Generator] = None
-        self._pending_generator_state: Optional[torch.Tensor] = None
+        self.device_stage: Optional[DeviceViewStage] = None  # with gpu_views, created in setup
+        self._device_state: dict[str, Any] = {}  # its share of a checkpoint loaded before setup
         self._resume_position: Optional[dict[str, int]] = None
         self._sampled_sides: Optional[list[int]] = None
         self.train_dataset: Optional[Dataset] = None
         self.eval_train_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
 
-    def _use_recipe(self, name: str) -> None:
-        self.views_name = name
-        self.view_transform = get_view_recipe(name, **self.view_kwargs)
-        given = self._eval_transform_given
-        self.eval_transform = given if given is not None else default_eval_view(name, **self.view_kwargs)
+    # ------------------------------------------------------------------ view recipe
+    def _use(self, chosen: ChosenViews) -> None:
+        self.views_name, self.view_transform, self.eval_transform = chosen
 
     def _choose_recipe(self) -> None:
         """``views: auto``: the trained method's ``default_views`` (``_cifar`` variant on 32 px data)."""
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        name = getattr(model, "default_views", None)
-        if not isinstance(name, str):
-            raise ValueError(
-                "views: auto takes the view recipe from the method being trained (its default_views); "
-                f"{'there is no Trainer' if model is None else type(model).__name__ + ' has none'}: set data.views"
-            )
-        sides = [] if self.dataset_name in CIFAR_SIZED else self._shorter_sides()
-        small = self.dataset_name in CIFAR_SIZED or (bool(sides) and statistics.median(sides) <= CIFAR_SIZED_MAX_SIDE)
-        self._use_recipe(name + ("_cifar" if small else ""))
-        rank_zero_info(f"views: auto -> '{self.views_name}' (the default of {type(model).__name__})")
+        name, method = method_default_views(self.trainer)
+        small = self.dataset_name in CIFAR_SIZED or cifar_sized_images(self._shorter_sides())
+        self._use(recipe_views(name + ("_cifar" if small else ""), self.view_kwargs, self._eval_transform_given))
+        rank_zero_info(f"views: auto -> '{self.views_name}' (the default of {method})")
 
     def _shorter_sides(self, train: Optional[Dataset] = None) -> list[int]:
         """Shorter sides of a few training images (headers only; ``[]`` when unknown), read once: from
         ``train`` when given, else from the training split built for this."""
         if self._sampled_sides is None:
             dataset = train if train is not None else self._build("train", None)  # type: ignore[arg-type]
-            self._sampled_sides = [min(h, w) for h, w in sample_image_sizes(dataset, SIZE_SAMPLE)]
+            self._sampled_sides = shorter_sides(dataset)
         return self._sampled_sides
+
+    def _check_image_size(self) -> None:
+        """Warn when the training images are much smaller than the recipe's largest crop (a few headers read)."""
+        crop = largest_crop(self.view_transform)
+        if crop is None or self.eval_train_dataset is None:
+            return
+        message = small_image_message(crop, self._shorter_sides(self.eval_train_dataset), self.dataset_name,
+                                      self.views_name)
+        if message is not None:
+            rank_zero_warn(message)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -338,6 +269,7 @@ class MultiViewDataModule(L.LightningDataModule):
             include_unlabeled=include_unlabeled, raw=raw,
         )
 
+    @override
     def prepare_data(self) -> None:
         """Download torchvision datasets when ``download=True`` (called on one process)."""
         if not self.download or self.dataset_name not in ("cifar10", "cifar100", "stl10"):
@@ -347,6 +279,7 @@ class MultiViewDataModule(L.LightningDataModule):
             build_dataset(self.dataset_name, self.data_dir, split, None, download=True,
                           include_unlabeled=unlabeled)
 
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the training, eval-train and test datasets (once)."""
         if self.train_dataset is not None:
@@ -354,12 +287,14 @@ class MultiViewDataModule(L.LightningDataModule):
         if self.view_transform is None:
             self._choose_recipe()
         assert self.view_transform is not None and self.eval_transform is not None
-        if self.gpu_views and self.device_views is None:
+        if self.gpu_views and self.device_stage is None:
             try:
-                self.device_views = compile_views(self.view_transform)
+                self.device_stage = DeviceViewStage(self.view_transform, self.decode)
             except UnsupportedOnDevice as e:
                 rank_zero_warn(f"gpu_views: {e}; using the CPU view pipeline instead")
-        raw = self.device_views is not None
+            else:
+                self.device_stage.load_state_dict(self._device_state)
+        raw = self.device_stage is not None
         train = self._build("train", self.view_transform, True, raw=raw)
         # raw samples carry what each image is, so the device decoder's errors name the file
         self.train_dataset = _subset(WithSources(train) if raw else train, self.train_subset)
@@ -367,38 +302,11 @@ class MultiViewDataModule(L.LightningDataModule):
         self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset, True)
         self._check_image_size()
 
-    def _check_image_size(self) -> None:
-        """Warn when the training images are much smaller than the recipe's largest crop (a few headers read)."""
-        crop = _largest_crop(self.view_transform)
-        if crop is None or self.eval_train_dataset is None:
-            return
-        sides = self._shorter_sides(self.eval_train_dataset)
-        if not sides:
-            return
-        shorter = statistics.median(sides)
-        if shorter < SMALL_IMAGE_FRACTION * crop:
-            rank_zero_warn(
-                f"the training images are much smaller than the view recipe's crops: median shorter side "
-                f"{shorter:g} px over {len(sides)} sampled images of dataset '{self.dataset_name}', largest "
-                f"crop {crop} px in view recipe '{self.views_name}', so every crop is enlarged more than "
-                f"{1 / SMALL_IMAGE_FRACTION:g}x; use a recipe sized for these images (a *_cifar recipe, or "
-                "view_kwargs such as size / global_size)"
-            )
-
     def _train_collate(self) -> Callable:
-        if self.device_views is None:
+        if self.device_stage is None:
             return multiview_collate
-        return functools.partial(raw_collate, decode_below=self._decode_below())
-
-    def _decode_below(self) -> float:
-        """File size under which the workers decode (see ``decode``)."""
-        if self.decode == "workers":
-            return math.inf
-        if self.decode == "device":
-            return 0
         trainer = self.trainer
-        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return AUTO_DEVICE_DECODE_MIN_BYTES if on_cuda else math.inf
+        return self.device_stage.collate_fn(on_cuda=trainer is not None and trainer.strategy.root_device.type == "cuda")
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         workers = self.num_workers
@@ -415,6 +323,7 @@ class MultiViewDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             self.setup()
 
+    @override
     def train_dataloader(self) -> DataLoader:
         """Shuffled ``(views, targets)`` batches of the training set."""
         self._require_setup()
@@ -442,7 +351,7 @@ class MultiViewDataModule(L.LightningDataModule):
             self._resume_position = None
         workers = self.num_workers
         return DataLoader(
-            SeededSamples(self.train_dataset, seed, reseed=self.device_views is None),  # type: ignore[arg-type]
+            SeededSamples(self.train_dataset, seed, reseed=self.device_stage is None),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=drop_last,
@@ -473,6 +382,7 @@ class MultiViewDataModule(L.LightningDataModule):
         )
         return True
 
+    @override
     def val_dataloader(self) -> list[DataLoader]:
         """``[eval-train loader (kNN bank / probe train), test loader]``, yielding ``(images, targets)``."""
         self._require_setup()
@@ -481,65 +391,35 @@ class MultiViewDataModule(L.LightningDataModule):
             self._eval_loader(self.test_dataset),  # type: ignore[arg-type]
         ]
 
-    # ------------------------------------------------------------------ device views
-    def view_generator(self) -> torch.Generator:
-        """The CPU generator of the device views' random parameters.
-
-        Seeded on first use from ``torch.initial_seed()`` (set by ``seed_everything``) plus the
-        process rank, so runs are reproducible and processes draw different views.  Its state is
-        saved in checkpoints (``state_dict``, written by rank 0); on resume rank 0 continues that
-        stream and every other rank reseeds from it and its rank, so the processes stay distinct.
-        """
-        if self._view_generator is None:
-            rank = self._rank()
-            generator = torch.Generator().manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
-            state = self._pending_generator_state
-            if state is not None:
-                generator.set_state(state)
-                if rank != 0:
-                    digest = hashlib.sha256(state.numpy().tobytes() + rank.to_bytes(4, "little")).digest()
-                    generator.manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
-                self._pending_generator_state = None
-            self._view_generator = generator
-        return self._view_generator
-
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
-    def make_views(self, images: Union[RawImages, torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-        """Decode (when needed) and augment a raw training batch on ``device``."""
-        if self.device_views is None:
-            raise RuntimeError("make_views needs gpu_views: true and a compiled recipe (call setup first)")
-        src, sizes = decode_to_batch(images, device)
-        return self.device_views(src, sizes, self.view_generator())
-
+    # ------------------------------------------------------------------ device stage and checkpoint state
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``gpu_views``, turn a raw training batch into its views on the batch's device."""
-        if self.device_views is None or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        if self.device_stage is None:
             return batch
-        images, targets = batch
-        if isinstance(images, RawImages) or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8):
-            return self.make_views(images, targets.device), targets
-        return batch
+        return self.device_stage(batch, rank=self.trainer.global_rank if self.trainer is not None else 0)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        """Where training stands in its epoch (for an exact mid-epoch resume) and the device views'
-        generator state."""
+        """Where training stands in its epoch (for an exact mid-epoch resume) and, with ``gpu_views``,
+        the device stage's generator state (key ``view_generator``)."""
         state: dict[str, Any] = {}
         trainer = self.trainer
         if trainer is not None and trainer.state.fn == "fit":
             state["train_position"] = {"epoch": trainer.current_epoch, "batches_done": batches_done(trainer)}
-        if self._view_generator is not None:
-            state["view_generator"] = self._view_generator.get_state()
+        if self.device_stage is not None:
+            state.update(self.device_stage.state_dict())
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_position = state_dict.get("train_position")
-        state = state_dict.get("view_generator")
-        if state is not None:  # applied when the generator is next needed (the rank is known then)
-            self._view_generator = None
-            self._pending_generator_state = state
+        if self.device_stage is not None:
+            self.device_stage.load_state_dict(state_dict)
+        else:  # handed to the stage when setup creates it
+            self._device_state.update(state_dict)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         """The test set with the eval transform, yielding ``(images, targets)``."""
         self._require_setup()

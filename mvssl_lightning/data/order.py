@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["ResumableSampler", "SeededSamples", "batches_done", "sample_seed", "seeded_permutation", "seeded_rngs"]
+__all__ = ["ResumableSampler", "SeededSamples", "sample_seed", "seeded_permutation", "seeded_rngs"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -115,9 +115,3 @@ class ResumableSampler(DistributedSampler):
         skip, self._skip = self._skip, 0
         epoch = self.epoch
         return iter([(epoch, i) for i in indices[skip:]])
-
-
-def batches_done(trainer: Any) -> int:
-    """Training batches of the current epoch whose optimiser step was taken (Lightning's batch progress)."""
-    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    return int(epoch_loop.batch_progress.current.processed) if epoch_loop is not None else 0

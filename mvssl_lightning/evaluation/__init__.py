@@ -6,7 +6,7 @@
 - :class:`FineTune`: the same with the backbone trained too (semi-supervised 1 % / 10 % protocol);
 - :class:`KNNEval`: weighted kNN accuracy (:class:`~mvssl_lightning.callbacks.OnlineKNN`'s computation);
 - :class:`LabeledDataModule`: ``(image, label)`` batches with the protocols' transforms and label subsets;
-- :func:`load_backbone`, :func:`linear_probe` (the quality benchmark's offline probe), and the
+- :func:`load_backbone`, and the
   ``mvssl-eval`` command (:mod:`mvssl_lightning.evaluation.cli`) with one config per paper protocol in
   ``configs/eval/``.
 """
@@ -19,19 +19,11 @@ from mvssl_lightning.evaluation.data import (
     dataset_targets,
     read_label_list,
 )
-from mvssl_lightning.evaluation.features import (
-    EpochShuffle,
-    FeatureLoader,
-    ProbeResult,
-    extract_features,
-    linear_probe,
-)
+from mvssl_lightning.evaluation.features import EpochShuffle, FeatureLoader
 from mvssl_lightning.evaluation.modules import EvalModule, FineTune, KNNEval, LinearEval
-from mvssl_lightning.evaluation.optim import LARC, build_eval_optimizer, lr_factor
 from mvssl_lightning.evaluation.results import EvalResultsWriter
 
 __all__ = [
-    "LARC",
     "BackboneSource",
     "EpochShuffle",
     "EvalModule",
@@ -42,14 +34,9 @@ __all__ = [
     "KNNEval",
     "LabeledDataModule",
     "LinearEval",
-    "ProbeResult",
     "balanced_label_subset",
-    "build_eval_optimizer",
     "dataset_targets",
-    "extract_features",
-    "linear_probe",
     "load_backbone",
-    "lr_factor",
     "read_label_list",
     "sha256_file",
 ]

@@ -24,24 +24,19 @@ from typing import Any, Optional
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mvssl_lightning.core.precision import apply_cpu_precision
+from mvssl_lightning.core.trainer_defaults import trainer_defaults
 from mvssl_lightning.evaluation.data import LabeledDataModule
 from mvssl_lightning.evaluation.modules import EvalModule
 from mvssl_lightning.evaluation.results import EvalResultsWriter
-from mvssl_lightning.precision import apply_cpu_precision
 
 __all__ = ["EVAL_TRAINER_DEFAULTS", "EvalCLI", "main", "run_cli"]
 
 #: The trainer settings every evaluation config shares (as ``mvssl``'s ``TRAINER_DEFAULTS``: parser defaults,
 #: so ``--print_config`` shows them and a config overrides them; ``callbacks+:`` appends to the list).
-EVAL_TRAINER_DEFAULTS: dict[str, Any] = {
-    "log_every_n_steps": 50,
-    "check_val_every_n_epoch": 1,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        # + name: <config name> in each config -> runs/<name>/version_<n>; no placeholder hp_metric = -1
-        "init_args": {"save_dir": "runs", "default_hp_metric": False},
-    },
-    "callbacks": [
+EVAL_TRAINER_DEFAULTS: dict[str, Any] = trainer_defaults(
+    check_val_every_n_epoch=1,
+    callbacks=[
         # the evaluated module, frozen backbone included, every 10 epochs (and last.ckpt): enough to resume
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -49,7 +44,7 @@ EVAL_TRAINER_DEFAULTS: dict[str, Any] = {
         },
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
     ],
-}
+)
 
 
 class EvalCLI(LightningCLI):
@@ -73,8 +68,7 @@ class EvalCLI(LightningCLI):
         subcommand = self.subcommand
         if subcommand is None:
             return
-        config = self.config[subcommand]
-        dumped = yaml.safe_load(self._parser(subcommand).dump(config, skip_none=False))
+        dumped = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[subcommand]
         for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, EvalResultsWriter):
                 callback.config = dumped

@@ -57,10 +57,12 @@ import torch
 import torchvision.transforms as T
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
-from mvssl_lightning.data.datamodule import CIFAR_SIZED, SUBSET_SEED
+from mvssl_lightning.data.datamodule import SUBSET_SEED
 from mvssl_lightning.data.datasets import DATASET_NAMES, build_dataset, peek_num_classes
 from mvssl_lightning.data.order import seeded_permutation
+from mvssl_lightning.data.recipes import CIFAR_SIZED
 from mvssl_lightning.data.views import (
     CIFAR10_NORMALIZE,
     IMAGENET_NORMALIZE,
@@ -328,6 +330,7 @@ class LabeledDataModule(L.LightningDataModule):
     def _build(self, split: Literal["train", "test"], transform: Callable) -> Dataset:
         return build_dataset(self.dataset_name, self.data_dir, split, transform, download=False)
 
+    @override
     def prepare_data(self) -> None:
         """Download torchvision datasets when ``download=True`` (called on one process)."""
         if self.download and self.dataset_name in ("cifar10", "cifar100", "stl10"):
@@ -335,6 +338,7 @@ class LabeledDataModule(L.LightningDataModule):
             for split in splits:
                 build_dataset(self.dataset_name, self.data_dir, split, None, download=True)
 
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the splits and the label subset (once); identical on every process."""
         if self.val_dataset is not None:
@@ -405,6 +409,7 @@ class LabeledDataModule(L.LightningDataModule):
             self._features[key] = model.extract_features(loader)
         return self._features[key]
 
+    @override
     def train_dataloader(self) -> Any:
         """Shuffled ``(images, labels)`` batches (or cached features) of the training split."""
         self._require_setup()
@@ -421,6 +426,7 @@ class LabeledDataModule(L.LightningDataModule):
             )
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)  # type: ignore[arg-type]
 
+    @override
     def val_dataloader(self) -> Any:
         """The evaluation split (``[train split, evaluation split]`` with ``knn_bank``), unshuffled."""
         self._require_setup()
@@ -435,5 +441,6 @@ class LabeledDataModule(L.LightningDataModule):
                 loaders.append(self._loader(dataset, self.eval_batch_size, shuffle=False))  # type: ignore[arg-type]
         return loaders if self.knn_bank else loaders[0]
 
+    @override
     def teardown(self, stage: Optional[str] = None) -> None:
         self._features.clear()

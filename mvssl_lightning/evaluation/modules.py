@@ -37,7 +37,6 @@ micro-averaged over the evaluation split), ``val/loss``, ``train/loss``; kNN: ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, Optional
@@ -47,18 +46,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from mvssl_lightning.callbacks.features import eval_mode, param_dtype
 from mvssl_lightning.callbacks.knn import OnlineKNN
+from mvssl_lightning.core.compat import attached_trainer
+from mvssl_lightning.core.features import eval_mode, extract_features, param_dtype
+from mvssl_lightning.core.optim import OPTIMIZERS, OptimizerName, build_optimizer
+from mvssl_lightning.core.schedules import Schedule, ScheduleInterval, lr_factor
+from mvssl_lightning.core.steps import scaled_lr, steps_per_epoch, total_steps
 from mvssl_lightning.evaluation.checkpoint import load_backbone
-from mvssl_lightning.evaluation.features import extract_features
-from mvssl_lightning.evaluation.optim import (
-    EvalOptimizer,
-    Schedule,
-    ScheduleInterval,
-    build_eval_optimizer,
-    lr_factor,
-)
 from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["EvalModule", "FineTune", "HeadInit", "KNNEval", "LinearEval"]
@@ -102,6 +98,7 @@ class EvalModule(L.LightningModule):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
+    @override
     def train(self, mode: bool = True) -> EvalModule:
         """``nn.Module.train``, except that a frozen backbone stays in eval mode (fixed BN statistics)."""
         super().train(mode)
@@ -114,6 +111,7 @@ class EvalModule(L.LightningModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             return self.backbone(x).flatten(start_dim=1)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 
@@ -127,7 +125,7 @@ class EvalModule(L.LightningModule):
 
     def _check_num_classes(self, num_classes: Optional[int]) -> None:
         """The data module's class count (from its dataset's metadata) must equal the model's."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         found = getattr(datamodule, "num_classes", None)
         if num_classes is not None and found is not None and found != num_classes:
@@ -146,8 +144,8 @@ class LinearEval(EvalModule):
         num_classes: classes of the labelled data (checked against the data module's dataset).
         head_batchnorm: ``BatchNorm1d(feat_dim, affine=False, eps=1e-6)`` before the linear layer (MEC).
         head_init, head_init_std: initialisation of the linear layer (:data:`HeadInit`).
-        optimizer: ``sgd``, ``larc`` (apex LARC, MVEB / MEC), ``lars`` (lightly) or ``adam`` (AMDIM);
-            see :mod:`mvssl_lightning.evaluation.optim`.
+        optimizer: ``sgd``, ``larc`` (apex LARC, MVEB / MEC), ``lars`` (lightly), ``adam`` (AMDIM) or
+            ``adamw``; see :mod:`mvssl_lightning.core.optim`.
         lr: base learning rate of the head at ``reference_batch_size``.
         lr_scaling: ``linear``: ``lr * batch_size * world_size * accumulate_grad_batches / reference_batch_size``;
             ``none``: ``lr`` as given.
@@ -174,7 +172,7 @@ class LinearEval(EvalModule):
         head_batchnorm: bool = False,
         head_init: HeadInit = "normal",
         head_init_std: float = 0.01,
-        optimizer: EvalOptimizer = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.1,
         lr_scaling: LRScaling = "linear",
         reference_batch_size: int = 256,
@@ -194,8 +192,8 @@ class LinearEval(EvalModule):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if lr <= 0 or weight_decay < 0:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
-        if optimizer not in ("sgd", "larc", "lars", "adam"):
-            raise ValueError(f"optimizer must be one of sgd, larc, lars, adam; got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
         if schedule not in ("cosine", "step", "constant") or schedule_interval not in ("epoch", "step"):
             raise ValueError(f"unknown schedule {schedule!r} / schedule_interval {schedule_interval!r}")
         if lr_scaling not in ("linear", "none"):
@@ -236,11 +234,13 @@ class LinearEval(EvalModule):
         """The head's linear layer."""
         return self.head[-1]  # type: ignore[return-value]
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(B, num_classes)`` of images ``(B, 3, H, W)`` or of cached features ``(B, D)``."""
         return self.head(x if x.dim() == 2 else self.features(x))
 
     # ------------------------------------------------------------------ steps
+    @override
     def setup(self, stage: str) -> None:
         self._check_num_classes(self.num_classes)
         if self.cache_features and self.trainer.world_size > 1:
@@ -249,6 +249,7 @@ class LinearEval(EvalModule):
                 "trainer.devices: 1 (features of ImageNet, 1.28M x 2048 floats, take 10 GB) or cache_features: false"
             )
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
@@ -256,6 +257,7 @@ class LinearEval(EvalModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         x, y = batch
         f = x if x.dim() == 2 else self.features(x)
@@ -274,40 +276,25 @@ class LinearEval(EvalModule):
 
     # ------------------------------------------------------------------ optimisation
     def scale(self) -> float:
-        """The lr multiplier of ``lr_scaling``: ``batch_size * world_size * accumulate_grad_batches / 256``."""
-        if self.lr_scaling == "none":
-            return 1.0
-        per_process = self.batch_size
-        if per_process is None:
-            per_process = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-        if per_process is None:
-            raise ValueError(
-                "lr_scaling='linear' needs the per-process batch size: set model.batch_size, use a data module "
-                "with a batch_size attribute, or set lr_scaling: none"
-            )
-        trainer = self.trainer
-        return per_process * trainer.world_size * trainer.accumulate_grad_batches / self.reference_batch_size
+        """The lr multiplier of ``lr_scaling``: ``batch_size * world_size * accumulate_grad_batches / 256``
+        (:func:`mvssl_lightning.core.steps.scaled_lr`, the rule of pre-training)."""
+        return scaled_lr(1.0, self.lr_scaling, self.trainer, self.batch_size, self.reference_batch_size)
 
     def param_groups(self) -> list[dict]:
         """The optimised parameter groups (the head's, at the scaled ``lr``)."""
         return [{"params": list(self.head.parameters()), "lr": self.lr * self.scale()}]
 
+    @override
     def configure_optimizers(self) -> Any:
         groups = self.param_groups()
-        optimizer = build_eval_optimizer(
-            self.optimizer_name, groups, groups[0]["lr"], self.momentum, self.weight_decay, self.betas,
-            self.trust_coefficient,
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        batches = self.trainer.num_training_batches
-        per_epoch = (
-            max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
-            if math.isfinite(batches)
-            else max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        optimizer = build_optimizer(
+            self.optimizer_name, groups, groups[0]["lr"], momentum=self.momentum, betas=self.betas,
+            weight_decay=self.weight_decay, trust_coefficient=self.trust_coefficient,
         )
         factor = partial(
-            lr_factor, schedule=self.schedule, interval=self.schedule_interval, steps_per_epoch=per_epoch,
-            total_steps=total, milestones=self.milestones, gamma=self.gamma,
+            lr_factor, schedule=self.schedule, interval=self.schedule_interval,
+            steps_per_epoch=steps_per_epoch(self.trainer), total_steps=total_steps(self.trainer),
+            milestones=self.milestones, gamma=self.gamma,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -337,6 +324,7 @@ class FineTune(LinearEval):
         super().__init__(checkpoint, num_classes, lr=lr, **kwargs)
         self.backbone_lr = backbone_lr
 
+    @override
     def param_groups(self) -> list[dict]:
         scale = self.scale()
         return [
@@ -372,12 +360,15 @@ class KNNEval(EvalModule):
         self.knn = OnlineKNN(k=k, temperature=temperature, num_classes=num_classes, log_prefix="knn")
         self.num_classes = num_classes
 
+    @override
     def configure_callbacks(self) -> list[L.Callback]:
         return [self.knn]
 
+    @override
     def setup(self, stage: str) -> None:
         self._check_num_classes(self.num_classes)
 
+    @override
     def on_validation_start(self) -> None:
         if len(self.trainer.num_val_batches) < 2:
             raise ValueError(
@@ -385,12 +376,15 @@ class KNNEval(EvalModule):
                 "set data.knn_bank: true"
             )
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         x, y = batch
         return {"features": self.features(x), "targets": y}
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         raise RuntimeError("KNNEval has nothing to train: run `mvssl-eval validate` (trainer.validate)")
 
+    @override
     def configure_optimizers(self) -> Any:
         raise RuntimeError("KNNEval has nothing to train: run `mvssl-eval validate` (trainer.validate)")

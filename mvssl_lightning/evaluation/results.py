@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 from torch import Tensor
+from typing_extensions import override
 
 __all__ = ["EvalResultsWriter"]
 
@@ -60,12 +61,15 @@ class EvalResultsWriter(pl.Callback):
         self._start = time.perf_counter()
         self._val_step: Optional[int] = None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._start = time.perf_counter()
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, pl_module, "fit")
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from functools import partial
-from typing import Any, Callable, Sequence, cast
+from typing import Callable, Optional, Sequence, cast
 
 from torch import Tensor
+from typing_extensions import override
 
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.amdim import AMDIMLoss
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.models.amdim import AMDIMEncoder, amdim_heads
+from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["AMDIM", "amdim_lr_factor"]
 
@@ -64,7 +68,7 @@ class AMDIM(SiameseModule):
             milestone ``m`` multiplies the lr by ``lr_gamma`` from epoch ``m + 1`` on (0-indexed).
         lr_gamma: step-decay factor (0.2).
         warmup_steps: linear warm-up length in optimiser steps (500).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``;
+        Other arguments: :class:`SiameseModule`'s, with the recipe above as defaults (
             ``warmup_start_factor``, ``min_lr_factor`` and ``cosine_over_total`` are unused: the
             schedule is :func:`amdim_lr_factor`; ``warmup_steps=None`` falls back to ``warmup_epochs``).
     """
@@ -74,18 +78,6 @@ class AMDIM(SiameseModule):
     min_views = 2
     max_views = 2
 
-    #: the official recipe (``task_self_supervised.py``): Adam, no lr scaling, every parameter decayed
-    defaults = {
-        "backbone": "amdim",
-        "optimizer": "adam",
-        "lr": 2e-4,
-        "lr_scaling": "none",
-        "betas": (0.8, 0.999),
-        "weight_decay": 1e-5,
-        "exclude_bias_and_norm": False,
-        "warmup_steps": 500,
-    }
-
     def __init__(
         self,
         tclip: float = 20.0,
@@ -93,12 +85,45 @@ class AMDIM(SiameseModule):
         gather_distributed: bool = True,
         lr_milestones: Sequence[int] = (30, 45),
         lr_gamma: float = 0.2,
-        **kwargs: Any,
+        # SiameseModule's settings; defaults: the official recipe (``task_self_supervised.py``): Adam, no lr
+        # scaling, every parameter decayed
+        backbone: Backbone = "amdim",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "adam",
+        lr: float = 2e-4,
+        lr_scaling: LRScaling = "none",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-5,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.8, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = False,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = 500,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 0.0,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         if not hasattr(self.backbone, "forward_maps"):
             raise ValueError(
-                f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {kwargs.get('backbone')!r}"
+                f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {backbone!r}"
             )
         if lr_gamma <= 0:
             raise ValueError(f"lr_gamma must be positive, got {lr_gamma}")
@@ -112,6 +137,7 @@ class AMDIM(SiameseModule):
         r1, h5, h7 = cast(AMDIMEncoder, self.backbone).forward_maps(x)
         return r1, self.heads["r5"](h5), self.heads["r7"](h7)
 
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         feats1 = self.multiscale_features(views[0])
         feats2 = self.multiscale_features(views[1])
@@ -119,6 +145,7 @@ class AMDIM(SiameseModule):
         return loss, terms, feats1[0].flatten(1)
 
     # ------------------------------------------------------------------ optimisation
+    @override
     def lr_factor(self, total_steps: int) -> Callable[[int], float]:
         """:func:`amdim_lr_factor` with the milestones in optimiser steps (official: ``step(epoch)`` at
         the end of each epoch, so milestone ``m`` takes effect after ``m + 1`` epochs)."""

@@ -3,8 +3,7 @@
 It owns what all methods share and nothing else: the backbone, the optimiser with its per-step
 learning-rate schedule and batch-size lr scaling, the EMA teachers' update, the view-count check, the
 non-finite-loss guard, logging, and the hand-off of features to callbacks.  A method implements
-:meth:`compute_loss` (its algorithm box), sets ``self.ema`` when it has an EMA teacher, and lists the
-official recipe's values of the base settings in ``defaults``.
+:meth:`compute_loss` (its algorithm box) and sets ``self.ema`` when it has an EMA teacher.
 
 Contract (``docs/architecture.md``):
 - a training batch is ``(views, targets)``, ``views`` a list of ``V`` tensors ``(B, 3, H_v, W_v)``;
@@ -12,90 +11,32 @@ Contract (``docs/architecture.md``):
 - ``training_step`` returns ``{"loss": loss, "features": f}`` with ``f`` the detached backbone features
   of the first view; ``validation_step`` returns ``{"features": f, "targets": y}``.
 
-Constructor arguments: a method declares only its own arguments and passes ``**kwargs`` on.  When a
-subclass is created, :meth:`SiameseModule.__init_subclass__` gives its ``__init__`` the full signature
-(its own arguments, then every base argument with the defaults of ``defaults``), so LightningCLI's
-``--help`` and ``--print_config`` list every setting with the method's own default, calls fill in
-those defaults, and the hyperparameters saved in checkpoints are the complete, resolved set.
+Constructor arguments: each method's ``__init__`` lists its own arguments, then every argument of
+:class:`SiameseModule` with the official recipe's value as its default, and passes the latter on by
+name.  The signature is thus what a type checker, an IDE, LightningCLI's ``--help`` and the saved
+hyperparameters all see; ``tests/test_signatures.py`` checks that every method lists and forwards every
+base argument.  A user's own subclass may instead take ``**kwargs`` and pass them on.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import math
-import typing
 from functools import partial
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
+from mvssl_lightning.core.compat import attached_trainer, is_compiled
+from mvssl_lightning.core.optim import OptimizerName, build_optimizer, parameter_groups
+from mvssl_lightning.core.schedules import warmup_cosine_factor
+from mvssl_lightning.core.steps import LRScaling, epochs_to_steps, scaled_lr, steps_per_epoch, total_steps
 from mvssl_lightning.methods.momentum import EMATeacher
 from mvssl_lightning.models.backbones import Backbone, build_backbone
-from mvssl_lightning.optim import OptimizerName, build_optimizer, parameter_groups
-from mvssl_lightning.schedules import warmup_cosine_factor
 
-LRScaling = Literal["linear", "sqrt", "none"]
 LR_SCALINGS = ("linear", "sqrt", "none")
-
-
-def _own_parameters(init: Callable) -> list[inspect.Parameter]:
-    """The named parameters an ``__init__`` declares itself (no ``self``, ``*args``, ``**kwargs``), with
-    their annotations evaluated in the defining module (the merged signature lives in this one)."""
-    init = inspect.unwrap(init)
-    hints = typing.get_type_hints(init)
-    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return [
-        p.replace(annotation=hints.get(name, p.annotation))
-        for name, p in inspect.signature(init).parameters.items()
-        if name != "self" and p.kind not in skip
-    ]
-
-
-def _full_signature(cls: type) -> inspect.Signature:
-    """``cls``'s own arguments, then those of its bases up to :class:`SiameseModule`, all keyword-only;
-    the base arguments take the values of the merged ``defaults`` (the most derived class wins)."""
-    defaults: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        defaults.update(vars(klass).get("defaults", {}))
-    params: dict[str, inspect.Parameter] = {}
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass) and issubclass(klass, SiameseModule):
-            for p in _own_parameters(vars(klass)["__init__"]):
-                params.setdefault(p.name, p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-        if klass is SiameseModule:
-            break
-    unknown = sorted(set(defaults) - set(params))
-    if unknown:
-        raise TypeError(f"{cls.__name__}.defaults names no constructor argument: {unknown}")
-    resolved = [p.replace(default=defaults[n]) if n in defaults else p for n, p in params.items()]
-    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return inspect.Signature([self_param, *resolved], return_annotation=None)
-
-
-def _with_full_signature(cls: type, init: Callable) -> Callable:
-    """Wrap ``init`` so that a call binds to :func:`_full_signature` with its defaults applied; the
-    outermost class saves the complete argument set as the hyperparameters."""
-    signature = _full_signature(cls)
-
-    @functools.wraps(init)
-    def __init__(self: SiameseModule, *args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
-        init(self, **arguments)
-        if type(self) is cls:
-            # Under LightningCLI, Lightning's own record (the same arguments plus the class path that
-            # ``--ckpt_path`` needs) is in a context variable that save_hyperparameters() reads.
-            self.save_hyperparameters(*(() if _given_hyperparameters.get() is not None else (arguments,)))
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    __init__.__annotations__ = {name: p.annotation for name, p in signature.parameters.items() if name != "self"}
-    return __init__
 
 
 class SiameseModule(L.LightningModule):
@@ -106,7 +47,8 @@ class SiameseModule(L.LightningModule):
         cifar_stem: small-image stem for 32 px data (ResNets: 3x3 stride-1 conv, no max-pool).
         zero_init_residual: zero-init the last layer of each residual block (Goyal et al. 2017).
         backbone_kwargs: further arguments of the backbone builder (e.g. AMDIM's ``ndf``).
-        optimizer: ``lars`` (lightly), ``sgd``, ``adamw`` or ``adam``.
+        optimizer: ``lars`` (lightly), ``larc`` (apex), ``sgd``, ``adamw`` or ``adam``
+            (:mod:`mvssl_lightning.core.optim`).
         lr: base learning rate at ``reference_batch_size``; scaled by the global batch with ``lr_scaling``.
         lr_scaling: ``linear`` (``lr * B / 256``), ``sqrt`` (``lr * sqrt(B / 256)``) or ``none``.
         reference_batch_size: the batch size at which ``lr`` is given (256).
@@ -129,17 +71,11 @@ class SiameseModule(L.LightningModule):
     #: how many views ``compute_loss`` accepts (``max_views=None``: no upper bound)
     min_views: int = 2
     max_views: Optional[int] = 2
-    #: the official recipe's values of base-class arguments (e.g. ``{"optimizer": "sgd", "lr": 0.5}``)
-    defaults: ClassVar[dict[str, Any]] = {}
     #: the EMA teachers, if the method has any (set in the constructor)
     ema: Optional[EMATeacher] = None
     #: the view recipe of the official code (``MultiViewDataModule(views="auto")`` uses it; ``_cifar``
     #: variant on 32 px data)
-    default_views: ClassVar[str] = "two_views"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__init__ = _with_full_signature(cls, cls.__init__)  # type: ignore[method-assign]
+    default_views: str = "two_views"
 
     def __init__(
         self,
@@ -199,11 +135,15 @@ class SiameseModule(L.LightningModule):
         self.check_finite = check_finite
         self.skip_nonfinite_grads = skip_nonfinite_grads
         self._rng_to_restore: Optional[dict[str, Any]] = None
+        # every constructor argument, the subclass's included (Lightning reads them off the call frames;
+        # under LightningCLI, its own record with the class path that ``--ckpt_path`` needs)
+        self.save_hyperparameters()
 
     # ------------------------------------------------------------------ features
     def _prepare(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features ``(B, feat_dim)``: what probes, kNN and users consume."""
         return self.backbone(self._prepare(x))
@@ -221,15 +161,17 @@ class SiameseModule(L.LightningModule):
             total = self.total_steps() if self.ema.schedule == "cosine" else step
             self.log("train/ema_momentum", self.ema.update(self, step, total))
 
+    @override
     def configure_model(self) -> None:
         """Compile every module of the backbone's type (the backbone and its EMA teachers) once."""
         if not self.compile_backbone:
             return
         for module in self.children():
-            if type(module) is type(self.backbone) and getattr(module, "_compiled_call_impl", None) is None:
+            if type(module) is type(self.backbone) and not is_compiled(module):
                 module.compile()
 
     # ------------------------------------------------------------------ steps
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch
         self._check_views(views)
@@ -241,10 +183,12 @@ class SiameseModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
         return {"loss": loss, "features": features.detach()}
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         images, targets = batch
         return {"features": self(images).detach(), "targets": targets}
 
+    @override
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         if not self.skip_nonfinite_grads:
             return
@@ -258,6 +202,7 @@ class SiameseModule(L.LightningModule):
             for g in grads:
                 g.zero_()
 
+    @override
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning increments global_step after this hook returns
@@ -294,11 +239,13 @@ class SiameseModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ checkpoints
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the method class, the logger version and the random-number generators' states, so that a
         resumed run is checked against its configuration, logs into the same run directory and draws the
         same random numbers (:mod:`mvssl_lightning.resume`)."""
-        logger = self._trainer.logger if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        logger = trainer.logger if trainer is not None else None
         version = getattr(logger, "version", None)
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -309,9 +256,11 @@ class SiameseModule(L.LightningModule):
             "rng": rng,
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("mvssl", {}).get("rng")
 
+    @override
     def on_train_start(self) -> None:
         # a resumed run continues the random stream where the checkpoint left it
         if self._rng_to_restore is not None:
@@ -322,41 +271,17 @@ class SiameseModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def scaled_lr(self) -> float:
-        """``lr`` scaled by the global batch ``batch_size * world_size * accumulate_grad_batches``."""
-        if self.lr_scaling == "none":
-            return self.lr
-        per_process = self.batch_size
-        if per_process is None:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            per_process = getattr(datamodule, "batch_size", None)
-        if per_process is None:
-            raise ValueError(
-                f"lr_scaling={self.lr_scaling!r} needs the per-process batch size: set model.batch_size "
-                f"or use a data module with a batch_size attribute, or set lr_scaling: none"
-            )
-        global_batch = per_process * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        ratio = global_batch / self.reference_batch_size
-        return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
+        """``lr`` scaled by the global batch ``batch_size * world_size * accumulate_grad_batches``
+        (:func:`mvssl_lightning.core.steps.scaled_lr`)."""
+        return scaled_lr(self.lr, self.lr_scaling, self.trainer, self.batch_size, self.reference_batch_size)
 
     def steps_per_epoch(self) -> int:
-        """Optimiser steps per epoch: ``ceil(train batches / accumulate_grad_batches)``.
-
-        A run bounded by ``max_steps`` alone never loads the train loader to estimate its length, so it
-        is loaded here the way ``Trainer.estimated_stepping_batches`` does. Loaders without a length
-        fall back to ``total steps / max_epochs`` (or the whole run: set ``warmup_steps`` instead).
-        """
-        total = self.total_steps()
-        if self.trainer.train_dataloader is None:
-            self.trainer.fit_loop.setup_data()
-        batches = self.trainer.num_training_batches
-        if math.isfinite(batches):
-            return max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
-        max_epochs = self.trainer.max_epochs
-        return max(total // max_epochs, 1) if max_epochs and max_epochs > 0 else total
+        """Optimiser steps per epoch (:func:`mvssl_lightning.core.steps.steps_per_epoch`)."""
+        return steps_per_epoch(self.trainer)
 
     def epochs_to_steps(self, epochs: float) -> int:
         """``epochs`` (fractional) as a number of optimiser steps, capped at the run's total."""
-        return min(int(round(epochs * self.steps_per_epoch())), self.total_steps())
+        return epochs_to_steps(self.trainer, epochs)
 
     def _warmup_steps(self, total_steps: int) -> int:
         if self.warmup_steps is not None:
@@ -366,7 +291,7 @@ class SiameseModule(L.LightningModule):
     def lr_factor(self, total_steps: int) -> Callable[[int], float]:
         """The learning-rate schedule: optimiser step (0-indexed) -> multiplier of the scaled lr.
 
-        Linear warm-up then cosine (:func:`~mvssl_lightning.schedules.warmup_cosine_factor`); a method
+        Linear warm-up then cosine (:func:`~mvssl_lightning.core.schedules.warmup_cosine_factor`); a method
         with another schedule (AMDIM's step decay) overrides this hook.
         """
         return partial(
@@ -378,14 +303,16 @@ class SiameseModule(L.LightningModule):
             cosine_over_total=self.cosine_over_total,
         )
 
+    @override
     def configure_optimizers(self) -> Any:
         groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
         optimizer = build_optimizer(
-            self.optimizer_name, groups, self.scaled_lr(), self.momentum, self.betas, self.trust_coefficient
+            self.optimizer_name, groups, self.scaled_lr(), momentum=self.momentum, betas=self.betas,
+            trust_coefficient=self.trust_coefficient,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor(self.total_steps()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def total_steps(self) -> int:
         """Number of optimiser steps of the whole run (for schedules)."""
-        return max(int(self.trainer.estimated_stepping_batches), 1)
+        return total_steps(self.trainer)

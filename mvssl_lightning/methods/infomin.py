@@ -33,19 +33,23 @@ permutes across all processes (official: within a node; identical on one node), 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
 from torch import Tensor, nn
+from typing_extensions import override
 
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.infonce import InfoNCEQueueLoss
 from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
 from mvssl_lightning.methods.queue import KeyQueue
 from mvssl_lightning.methods.shuffle_bn import shuffled_key_forward
+from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["InfoMin", "JigsawHead"]
 
@@ -102,7 +106,7 @@ class InfoMin(SiameseModule):
             single device to imitate 8 GPUs).
         gather_distributed: average the InfoNCE over the gathered global batch (same update as the
             official local average; see :mod:`mvssl_lightning.losses.infonce`).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``;
+        Other arguments: :class:`SiameseModule`'s, with the official recipe as defaults (
             ``zero_init_residual`` is off, as PyContrast's ResNet, ``networks/resnet.py``, is built).
 
     Logged: ``train/loss``, ``train/nce`` (``l(q)``), ``train/nce_jigsaw`` (``l(q_jig)``),
@@ -114,19 +118,6 @@ class InfoMin(SiameseModule):
 
     min_views = 2
     max_views = 11
-
-    #: the official recipe (``options/``, ``learning/base_trainer.py``); PyContrast's ResNet has no
-    #: zero-initialised residuals
-    defaults = {
-        "zero_init_residual": False,
-        "optimizer": "sgd",
-        "lr": 0.03,
-        "weight_decay": 1e-4,
-        "momentum": 0.9,
-        "exclude_bias_and_norm": False,
-        "warmup_epochs": 0.0,
-        "min_lr_factor": 1e-3,
-    }
 
     def __init__(
         self,
@@ -142,9 +133,42 @@ class InfoMin(SiameseModule):
         shuffle_bn: bool = True,
         shuffle_bn_groups: int = 1,
         gather_distributed: bool = False,
-        **kwargs: Any,
+        # SiameseModule's settings; defaults: the official recipe (``options/``, ``learning/base_trainer.py``);
+        # PyContrast's ResNet has no zero-initialised residuals
+        backbone: Backbone = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = False,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.03,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = False,
+        warmup_epochs: float = 0.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 1e-3,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= jigsaw_beta <= 1.0:
             raise ValueError(f"ema_momentum and jigsaw_beta must be in [0, 1], got {ema_momentum}, {jigsaw_beta}")
         if shuffle_bn_groups < 1 or num_patches < 1:
@@ -171,6 +195,7 @@ class InfoMin(SiameseModule):
     def _key(self, x: Tensor) -> Tensor:
         return F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1)
 
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         h1 = self.backbone(views[0])
         q = F.normalize(at_least_float32(self.projector(h1)), dim=1)

@@ -21,15 +21,20 @@ mode (batch statistics), only parameters averaged.  Official recipe: SGD, lr 0.5
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Optional
 
 import torch
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
+from typing_extensions import override
 
+from mvssl_lightning.core.compat import attached_trainer
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.mec import MECLoss, mec_lambda
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
+from mvssl_lightning.models.backbones import Backbone
 
 
 def mec_projector(input_dim: int, hidden_dim: int = 2048, output_dim: int = 2048) -> ProjectionHead:
@@ -83,7 +88,7 @@ class MEC(SiameseModule):
         base_momentum, final_momentum: cosine EMA schedule (0.996 -> 1, per optimiser step).
         gather_distributed: compute the loss on the batch gathered from all processes with gradients
             (default True, as the official code); ``m`` is then the global batch.
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``).
+        Other arguments: :class:`SiameseModule`'s, with the official recipe as defaults.
 
     Logs ``train/loss``, ``train/mec`` (``mu * mec``, the per-sample coding length the code logs),
     ``train/lambda_inv`` and ``train/ema_momentum``.
@@ -93,19 +98,6 @@ class MEC(SiameseModule):
 
     min_views = 2
     max_views = 2
-
-    #: the official recipe (``main_pretrain.py``); the rest are :class:`SiameseModule`'s defaults
-    defaults = {
-        "optimizer": "sgd",
-        "lr": 0.5,
-        "momentum": 0.9,
-        "weight_decay": 1e-5,
-        "exclude_bias_and_norm": False,
-        "warmup_epochs": 10.0,
-        "warmup_start_factor": 0.0,
-        "min_lr_factor": 0.0,
-        "cosine_over_total": False,
-    }
 
     def __init__(
         self,
@@ -120,9 +112,41 @@ class MEC(SiameseModule):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         gather_distributed: bool = True,
-        **kwargs: Any,
+        # SiameseModule's settings; defaults: the official recipe (``main_pretrain.py``)
+        backbone: Backbone = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.5,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-5,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = False,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 0.0,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         if eps_sq <= 0 or lambda_warmup_epochs < 0 or lambda_warmup_factor <= 0:
             raise ValueError(
                 f"need eps_sq > 0, lambda_warmup_epochs >= 0, lambda_warmup_factor > 0; "
@@ -148,17 +172,18 @@ class MEC(SiameseModule):
 
     # ------------------------------------------------------------------ lambda schedule
     def _lambda_warmup_steps(self) -> int:
-        return self.epochs_to_steps(self.lambda_warmup_epochs) if self._trainer is not None else 0
+        return self.epochs_to_steps(self.lambda_warmup_epochs) if attached_trainer(self) is not None else 0
 
     def current_lambda_inv(self, batch_size: int) -> float:
         """``1 / lambda`` for this optimiser step, with ``m = batch_size x world_size`` when gathering."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         world = trainer.world_size if (trainer is not None and self.gather_distributed) else 1
         step = trainer.global_step if trainer is not None else 0
         lambda_inv = 1.0 / mec_lambda(self.proj_output_dim, batch_size * world, self.eps_sq)
         return lambda_inv_schedule(step, self._lambda_warmup_steps(), lambda_inv, self.lambda_warmup_factor)
 
     # ------------------------------------------------------------------ steps
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         x1, x2 = views
         f1, f2 = self.backbone(x1), self.backbone(x2)

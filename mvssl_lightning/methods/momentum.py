@@ -18,7 +18,7 @@ from typing import Literal
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import nn
 
-from mvssl_lightning.schedules import cosine_anneal
+from mvssl_lightning.core.schedules import cosine_anneal
 
 __all__ = ["EMATeacher", "cosine_momentum", "make_teacher", "update_momentum"]
 

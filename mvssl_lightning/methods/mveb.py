@@ -20,17 +20,21 @@ the official (Barlow Twins) LARS uses ``||p|| / ||g + wd p||``; both skip 1-D pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
+from typing_extensions import override
 
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.mveb import MVEBLoss
 from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
+from mvssl_lightning.models.backbones import Backbone
 
 
 def mveb_projector(input_dim: int, hidden_dim: int = 2048, output_dim: int = 2048) -> ProjectionHead:
@@ -55,24 +59,13 @@ class MVEB(SiameseModule):
         base_momentum, final_momentum: cosine EMA schedule (0.996 -> 1, per optimiser step).
         gather_distributed: estimate the entropy on the batch gathered from all processes (the
             official code uses the per-GPU batch, so the default is False).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (defaults: ``defaults``).
+        Other arguments: :class:`SiameseModule`'s, with the official recipe as defaults.
     """
 
     default_views = "mveb_multicrop"
 
     min_views = 2
     max_views = None
-
-    #: the official recipe (``configs/mveb.py``); the rest are :class:`SiameseModule`'s defaults
-    defaults = {
-        "optimizer": "lars",
-        "lr": 0.3,
-        "weight_decay": 1e-6,
-        "warmup_epochs": 10.0,
-        "warmup_start_factor": 1e-3,
-        "min_lr_factor": 1e-3,
-        "cosine_over_total": True,
-    }
 
     def __init__(
         self,
@@ -84,9 +77,41 @@ class MVEB(SiameseModule):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         gather_distributed: bool = False,
-        **kwargs: Any,
+        # SiameseModule's settings; defaults: the official recipe (``configs/mveb.py``)
+        backbone: Backbone = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "lars",
+        lr: float = 0.3,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 1e-3,
+        min_lr_factor: float = 1e-3,
+        cosine_over_total: bool = True,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         self.projector = mveb_projector(self.feat_dim, proj_hidden_dim, proj_output_dim)
         self.teacher_backbone = make_teacher(self.backbone)
         self.teacher_projector = make_teacher(self.projector)
@@ -96,6 +121,7 @@ class MVEB(SiameseModule):
         )
         self.criterion = MVEBLoss(lambd, eta, min_bandwidth, gather_distributed)
 
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
         online = [F.normalize(at_least_float32(self.projector(h)), dim=1) for h in features]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
+from typing_extensions import override
 
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.er import ERSphereLoss, Reduction, mean_of_terms
 from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
+from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["ERBYOL"]
 
@@ -37,17 +41,14 @@ class ERBYOL(SiameseModule):
 
     Args:
         proj_hidden_dim, proj_output_dim, pred_hidden_dim: lightly BYOL heads (4096, 256, 4096).
-        kappa, entropy_weight, reconstruction_weight, reduction, official_constant,
-        gather_distributed: as :class:`~mvssl_lightning.methods.er.ERSimCLR`.
+        kappa, entropy_weight, reconstruction_weight, reduction, official_constant, gather_distributed: as
+            :class:`~mvssl_lightning.methods.er.ERSimCLR`.
         entropy_on: ``"prediction"`` or ``"projection"`` (online branch).
         base_momentum, final_momentum: cosine EMA schedule per optimiser step (BYOL: 0.996 -> 1).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.2, wd 1.5e-6).
+        Other arguments: :class:`SiameseModule`'s (defaults: LARS, lr 0.2, wd 1.5e-6).
     """
 
     default_views = "asymmetric"
-
-    #: BYOL's recipe: LARS, lr 0.2 x B/256, weight decay 1.5e-6
-    defaults = {"lr": 0.2, "weight_decay": 1.5e-6}
 
     def __init__(
         self,
@@ -63,9 +64,41 @@ class ERBYOL(SiameseModule):
         gather_distributed: bool = False,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
-        **kwargs: Any,
+        # SiameseModule's settings; defaults: BYOL's recipe (LARS, lr 0.2 x B/256, weight decay 1.5e-6)
+        backbone: Backbone = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "lars",
+        lr: float = 0.2,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1.5e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 0.0,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         if entropy_on not in ("prediction", "projection"):
             raise ValueError(f"entropy_on must be 'prediction' or 'projection', got {entropy_on!r}")
         self.projector = BYOLProjectionHead(self.feat_dim, proj_hidden_dim, proj_output_dim)
@@ -80,6 +113,7 @@ class ERBYOL(SiameseModule):
         )
         self.entropy_on = entropy_on
 
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
         projections = [self.projector(h) for h in features]

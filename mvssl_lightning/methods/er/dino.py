@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +10,15 @@ from lightly.models.modules.center import Center
 from lightly.models.modules.heads import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor
+from typing_extensions import override
 
+from mvssl_lightning.core.optim import OptimizerName
+from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.er import ERPrototypeLoss, Reduction, er_discrete_entropy
 from mvssl_lightning.losses.precision import at_least_float32
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
+from mvssl_lightning.models.backbones import Backbone
 
 __all__ = ["ERDINO"]
 
@@ -50,7 +54,7 @@ class ERDINO(SiameseModule):
         entropy_weight, reconstruction_weight, reduction, gather_distributed: as
             :class:`~mvssl_lightning.methods.er.ERSimCLR` (discrete estimators).
         base_momentum, final_momentum: teacher EMA (DINO: 0.996 -> 1).
-        **kwargs: backbone and optimisation settings of :class:`SiameseModule` (LARS, lr 0.3, wd 1e-6).
+        Other arguments: :class:`SiameseModule`'s (defaults: LARS, lr 0.3, wd 1e-6).
 
     Logs ``train/teacher_entropy`` (the discrete entropy of the teacher's batch-mean assignment) too.
     """
@@ -78,9 +82,41 @@ class ERDINO(SiameseModule):
         gather_distributed: bool = False,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
-        **kwargs: Any,
+        # SiameseModule's settings (SiameseModule's own defaults)
+        backbone: Backbone = "resnet50",
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+        backbone_kwargs: Optional[dict] = None,
+        optimizer: OptimizerName = "lars",
+        lr: float = 0.3,
+        lr_scaling: LRScaling = "linear",
+        reference_batch_size: int = 256,
+        batch_size: Optional[int] = None,
+        weight_decay: float = 1e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        warmup_epochs: float = 10.0,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: float = 0.0,
+        min_lr_factor: float = 0.0,
+        cosine_over_total: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        check_finite: bool = True,
+        skip_nonfinite_grads: bool = False,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+            backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
+            reference_batch_size=reference_batch_size, batch_size=batch_size, weight_decay=weight_decay,
+            momentum=momentum, betas=betas, trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+            warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
+            channels_last=channels_last, compile=compile, check_finite=check_finite,
+            skip_nonfinite_grads=skip_nonfinite_grads,
+        )
         head_args = (self.feat_dim, head_hidden_dim, bottleneck_dim, output_dim, batch_norm_head, freeze_last_layer)
         self.head = DINOProjectionHead(*head_args)
         self.teacher_backbone = make_teacher(self.backbone)
@@ -99,6 +135,7 @@ class ERDINO(SiameseModule):
         self.student_temp = student_temp
         self.centering = centering
 
+    @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         features = [self.backbone(x) for x in views]
         log_p = [F.log_softmax(at_least_float32(self.head(h)) / self.student_temp, dim=1) for h in features]
@@ -112,5 +149,6 @@ class ERDINO(SiameseModule):
             self.center.update(torch.cat(t_logits))
         return loss, terms, features[0]
 
+    @override
     def on_after_backward(self) -> None:
         self.head.cancel_last_layer_gradients(self.current_epoch)

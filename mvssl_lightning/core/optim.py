@@ -1,8 +1,14 @@
-"""Optimisers and learning-rate schedules of the evaluation protocols.
+"""The optimiser factory of pre-training and evaluation: LARS (lightly), LARC (apex), SGD, AdamW, Adam.
 
-Optimisers (``EvalOptimizer``):
+Parameter groups (:func:`parameter_groups`): following Barlow Twins / BYOL and the official MVEB code,
+biases and normalisation parameters get no weight decay and, under LARS, no layer-wise adaptation
+(lightly's ``LARS`` skips adaptation for groups whose ``weight_decay`` is 0, so putting them in a
+zero-decay group does both).
 
-* ``sgd``: ``torch.optim.SGD`` with momentum (InfoMin, Barlow Twins' semi-supervised protocol);
+Optimisers (:data:`OptimizerName`, :func:`build_optimizer`):
+
+* ``lars``: lightly's ``LARS`` (``lightly.utils.lars``), trust ratio ``||p|| / (||g|| + wd ||p||)``,
+  skipped for groups with zero weight decay;
 * ``larc``: SGD with the layer-wise rate of NVIDIA apex's ``LARC(trust_coefficient, clip=False)``, which
   MVEB's ``lineval.py`` (``wlj6816/MVEB``) and MEC's ``benchmarks/linearprob/main_lincls.py``
   (``xinliu20/MEC``) wrap around SGD with ``--lars``. For every parameter ``p`` with gradient ``g``::
@@ -13,35 +19,41 @@ Optimisers (``EvalOptimizer``):
 
   It applies to every parameter, whatever its weight decay; lightly's ``LARS`` skips the adaptation
   for zero weight decay, so with the linear protocols' ``wd = 0`` it would be plain SGD;
-* ``lars``: lightly's ``LARS`` (``lightly.utils.lars``), identical to ``larc`` when ``wd > 0``;
-* ``adam``: ``torch.optim.Adam`` (AMDIM's classifiers, ``Philip-Bachman/amdim-public``
-  ``task_classifiers.py``).
-
-Schedules (:func:`lr_factor`), a multiplier of the base lr, evaluated per optimiser step ``s``:
-``cosine`` ``0.5 (1 + cos(pi t / T))``, ``step`` ``gamma ** #{milestones <= t}``, ``constant`` 1. With
-``interval="epoch"`` ``t = s // steps_per_epoch`` and ``T`` the number of epochs (the official loops set
-the lr once per epoch: MVEB / MEC ``adjust_learning_rate``, InfoMin ``adjust_learning_rate``, Barlow
-Twins ``CosineAnnealingLR`` stepped per epoch); with ``interval="step"`` ``t = s`` and ``T`` the number of
-steps (milestones are still given in epochs).
+* ``sgd``: ``torch.optim.SGD`` with momentum; ``adamw`` / ``adam``: ``torch.optim.AdamW`` / ``Adam``
+  (AMDIM's classifiers, ``Philip-Bachman/amdim-public`` ``task_classifiers.py``).
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_right
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Optional
 
 import torch
+from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
+from torch import nn
 
-from mvssl_lightning.schedules import cosine_anneal
+__all__ = ["LARC", "OPTIMIZERS", "OptimizerName", "build_optimizer", "parameter_groups"]
 
-__all__ = ["LARC", "EvalOptimizer", "Schedule", "ScheduleInterval", "build_eval_optimizer", "lr_factor"]
+OptimizerName = Literal["lars", "larc", "sgd", "adamw", "adam"]
+OPTIMIZERS: tuple[str, ...] = ("lars", "larc", "sgd", "adamw", "adam")
 
-EvalOptimizer = Literal["sgd", "larc", "lars", "adam"]
-Schedule = Literal["cosine", "step", "constant"]
-ScheduleInterval = Literal["epoch", "step"]
+
+def parameter_groups(
+    modules: Iterable[nn.Module], weight_decay: float, exclude_bias_and_norm: bool = True
+) -> list[dict]:
+    """Trainable parameters split into a decayed group and a zero-decay group (bias + norm)."""
+    modules = list(modules)
+    if exclude_bias_and_norm:
+        decay, no_decay = get_weight_decay_parameters(modules)
+    else:
+        decay, no_decay = [p for m in modules for p in m.parameters()], []
+    decay = [p for p in decay if p.requires_grad]
+    no_decay = [p for p in no_decay if p.requires_grad]
+    groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"name": "no_decay", "params": no_decay, "weight_decay": 0.0})
+    return groups
 
 
 class LARC(torch.optim.SGD):
@@ -87,44 +99,27 @@ class LARC(torch.optim.SGD):
         return loss
 
 
-def build_eval_optimizer(
+def build_optimizer(
     name: str,
     groups: list[dict],
     lr: float,
     momentum: float = 0.9,
-    weight_decay: float = 0.0,
     betas: Sequence[float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
     trust_coefficient: float = 0.001,
 ) -> torch.optim.Optimizer:
-    """The optimiser ``name`` over ``groups`` (dicts with ``params`` and optionally ``lr``)."""
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "larc":
-        return LARC(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+    """The optimiser ``name`` (:data:`OptimizerName`) over ``groups`` (dicts with ``params`` and optionally
+    ``lr`` / ``weight_decay``, e.g. from :func:`parameter_groups`); ``weight_decay`` applies to the groups
+    that do not set their own."""
+    betas_ = (float(betas[0]), float(betas[1]))
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+    if name == "larc":
+        return LARC(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas_, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of sgd, larc, lars, adam")
-
-
-def lr_factor(
-    step: int,
-    schedule: str,
-    interval: str,
-    steps_per_epoch: int,
-    total_steps: int,
-    milestones: Sequence[int] = (),
-    gamma: float = 0.1,
-) -> float:
-    """Multiplier of the base lr for optimiser step ``step`` (0-indexed); see the module docstring."""
-    epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
-    epoch = step // steps_per_epoch
-    if schedule == "constant":
-        return 1.0
-    if schedule == "step":
-        return float(gamma ** bisect_right(sorted(milestones), epoch))
-    if schedule == "cosine":
-        t, total = (epoch, epochs) if interval == "epoch" else (step, total_steps)
-        return cosine_anneal(t, total, 1.0, 0.0)
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of cosine, step, constant")
+        return torch.optim.Adam(groups, lr=lr, betas=betas_, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -1,5 +1,5 @@
-"""What the evaluation callbacks share: getting ``(features, targets)`` out of a step, gathering
-them across processes, and checking labels.
+"""Features, below callbacks and evaluation: getting ``(features, targets)`` out of a step, encoding a
+whole loader, gathering across processes, and checking labels.
 
 Features come from the step's ``outputs["features"]`` when the method returned them (the library's
 contract), else from ``pl_module(x)`` under ``no_grad`` in eval mode (a user's own module).
@@ -8,7 +8,7 @@ contract), else from ``pl_module(x)`` under ``no_grad`` in eval mode (a user's o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
@@ -113,3 +113,21 @@ def check_labels(y: Tensor, num_classes: int, who: str) -> None:
             f"{who}(num_classes={num_classes}) got labels out of range: [{shown}]; "
             f"expected 0..{num_classes - 1}, or -1 for an unknown label."
         )
+
+
+@torch.no_grad()
+def extract_features(
+    encode: Callable[[Tensor], Tensor], loader: Iterable[Any], device: Optional[torch.device] = None
+) -> tuple[Tensor, Tensor]:
+    """``(features (N, D) float32, targets (N,) int64)`` of every ``(images, targets)`` batch of ``loader``,
+    encoded by ``encode`` without gradients; both on ``device`` (default: where ``encode`` left them)."""
+    feats, ys = [], []
+    for images, targets in loader:
+        if device is not None:
+            images = images.to(device, non_blocking=True)
+        f = encode(images).flatten(start_dim=1).float()
+        feats.append(f)
+        ys.append(torch.as_tensor(targets).to(f.device, dtype=torch.long))
+    if not feats:
+        raise ValueError("extract_features: the loader yielded no batches")
+    return torch.cat(feats), torch.cat(ys)
