@@ -150,9 +150,10 @@ def plan(args: argparse.Namespace, logs: Path) -> Plan:
         eager = ("--compile", "eager", "--multicrop", "--warmup", "3")
         compiled = ("--compile", "compiled", "--peers", "lightly_byol", "--warmup", "3")
         p.steps["throughput"] = [
-            tp("eager-r50", "gpu-r50", *eager, "--steps", "8", weight=0.45, min_s=30),
-            tp("eager-cifar", "gpu-cifar", *eager, "--steps", "15", weight=0.25, min_s=20),
-            tp("compiled-cifar", "gpu-cifar", *compiled, "--methods", "mveb,mec", "--steps", "15", weight=0.3,
+            tp("eager-r50", "gpu-r50", *eager, "--steps", "8", weight=0.4, min_s=30),
+            tp("eager-cifar", "gpu-cifar", *eager, "--steps", "15", weight=0.2, min_s=20),
+            tp("eager-vit", "gpu-vit", *eager, "--steps", "8", weight=0.15, min_s=25),  # ViT-S/16 at 224 px
+            tp("compiled-cifar", "gpu-cifar", *compiled, "--methods", "mveb,mec", "--steps", "15", weight=0.25,
                min_s=40),
             tp("compiled-r50", "gpu-r50", *compiled, "--methods", "mveb", "--steps", "8", weight=0.0, min_s=60,
                optional=True),

@@ -51,7 +51,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from mvssl_lightning.core.compat import is_compiled
-from mvssl_lightning.models import build_resnet
+from mvssl_lightning.models import build_backbone
 
 __all__ = ["BareBackbone", "LightlyBarlowTwins", "LightlyBYOL", "LightlyModel", "LightlySimCLR"]
 
@@ -60,7 +60,7 @@ class LightlyModel(L.LightningModule):
     """Backbone, feature contract and a plain SGD recipe shared by the lightly-built models.
 
     Args:
-        backbone, cifar_stem: the ResNet (``build_resnet``).
+        backbone, cifar_stem, backbone_kwargs: the backbone (``build_backbone``: a ResNet name, ``timm:<name>``...).
         lr: learning rate; with ``lr_reference_batch`` it is scaled linearly by ``batch_size /
             lr_reference_batch`` (lightly's CIFAR-10 recipe: ``0.06 x batch / 128``), else used as is.
         batch_size: the per-step batch size the learning rate is scaled with.
@@ -74,6 +74,7 @@ class LightlyModel(L.LightningModule):
         self,
         backbone: str = "resnet18",
         cifar_stem: bool = True,
+        backbone_kwargs: Optional[dict] = None,
         lr: float = 0.06,
         lr_reference_batch: Optional[int] = 128,
         batch_size: int = 512,
@@ -84,7 +85,7 @@ class LightlyModel(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.backbone, self.feat_dim = build_resnet(backbone, cifar_stem=cifar_stem)
+        self.backbone, self.feat_dim = build_backbone(backbone, cifar_stem=cifar_stem, **(backbone_kwargs or {}))
         self.batch_size = batch_size
         self.lr = lr * batch_size / lr_reference_batch if lr_reference_batch else lr
         self.weight_decay = weight_decay

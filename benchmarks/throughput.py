@@ -17,8 +17,10 @@ encoder, which takes 32 px or 128 px inputs: it is timed on two views of the sid
 (32 px up to 64 px, else 128 px), and its row has no ``vs_backbone`` and no peer (no ResNet bound, no
 lightly AMDIM).
 
-Presets: ``gpu`` (both GPU settings), ``gpu-r50`` and ``gpu-cifar`` (one each), ``cpu-small`` and
-``cpu-tiny`` (ResNet-18 at 16 px, batch 4: the plumbing check of ``benchmarks.gpu_check --cpu-smoke``).
+Presets: ``gpu`` (the three GPU settings: ResNet-50 / 224, ResNet-18-CIFAR / 32 and ViT-S/16 / 224),
+``gpu-r50``, ``gpu-cifar`` and ``gpu-vit`` (one each), ``cpu-small``, ``cpu-vit`` (ViT-S/16's width and depth
+on 32 px images) and ``cpu-tiny`` (ResNet-18 at 16 px, batch 4: the plumbing check of
+``benchmarks.gpu_check --cpu-smoke``).
 ``--methods`` and ``--peers`` pick the models (the bare backbone is always timed: every ratio needs it).
 Writes ``throughput-<device>.json`` and ``.md`` to ``--out`` (default ``benchmarks/results/``), rewritten
 after every model, so a run stopped half-way keeps what it measured.
@@ -93,12 +95,18 @@ PEERS = {
     "lightly_byol": lambda **kw: LightlyBYOL(proj_hidden_dim=4096, pred_hidden_dim=4096, final_ema_momentum=1.0,
                                              **_PEER_SGD, **kw),
 }
-PRESETS = {
-    "gpu": [("resnet50", False, 224, 256), ("resnet18", True, 32, 512)],
-    "gpu-r50": [("resnet50", False, 224, 256)],
-    "gpu-cifar": [("resnet18", True, 32, 512)],
-    "cpu-small": [("resnet18", False, 32, 32)],
-    "cpu-tiny": [("resnet18", False, 16, 4)],
+#: ViT-S/16 as DINO trains it; dynamic image size: MVEB's 96 px local crops interpolate the position embedding
+VIT_S16 = ("timm:vit_small_patch16_224", False, 224, 256, {"dynamic_img_size": True})
+#: (backbone, cifar_stem, image side, batch size, backbone_kwargs) of each setting
+PRESETS: dict[str, list[tuple[str, bool, int, int, dict]]] = {
+    "gpu": [("resnet50", False, 224, 256, {}), ("resnet18", True, 32, 512, {}), VIT_S16],
+    "gpu-r50": [("resnet50", False, 224, 256, {})],
+    "gpu-cifar": [("resnet18", True, 32, 512, {})],
+    "gpu-vit": [VIT_S16],
+    "cpu-small": [("resnet18", False, 32, 32, {})],
+    "cpu-tiny": [("resnet18", False, 16, 4, {})],
+    # ViT-S/16's width and depth on 32 px images (2 x 2 patches; 16 px locals: 1 patch): the CPU smoke rows
+    "cpu-vit": [("timm:vit_small_patch16_224", False, 32, 16, {"img_size": 32, "dynamic_img_size": True})],
 }
 
 
@@ -155,17 +163,19 @@ def run(args: argparse.Namespace, on_row=None) -> dict:
     command = " ".join(["python", "-m", "benchmarks.throughput", *args.argv])
     results = {"device": device_name, "precision": precision, "torch": torch.__version__, "command": command,
                "rows": []}
-    for backbone, cifar_stem, size, batch_size in PRESETS[args.preset]:
+    for backbone, cifar_stem, size, batch_size, backbone_kwargs in PRESETS[args.preset]:
         batch_size = args.batch_size or batch_size
         targets = torch.zeros(batch_size, dtype=torch.long, device=device)
         two_views = (_views(2, 0, size, batch_size, device), targets)
         for compiled in ([False, True] if args.compile == "both" else [args.compile == "compiled"]):
             setting = dict(backbone=backbone, cifar_stem=cifar_stem, size=size, batch_size=batch_size,
                            compiled=compiled)
-            kw = dict(backbone=backbone, cifar_stem=cifar_stem, channels_last=device == "cuda", compile=compiled)
+            kw = dict(backbone=backbone, cifar_stem=cifar_stem, channels_last=device == "cuda", compile=compiled,
+                      backbone_kwargs=backbone_kwargs or None)
+            resnet = backbone.startswith("resnet")  # own-encoder methods are timed in the ResNet settings only
             jobs = [(name, 2, two_views) if name not in OWN_ENCODER  # else two views of the side it takes
                     else (name, 2, (_views(2, 0, own_encoder_side(name, size), batch_size, device), targets))
-                    for name in [*peers, *names]]
+                    for name in [*peers, *names] if resnet or name not in OWN_ENCODER]
             if args.multicrop:
                 for name, (n_global, n_local) in MULTICROP.items():
                     if name in names:
@@ -178,7 +188,8 @@ def run(args: argparse.Namespace, on_row=None) -> dict:
                     side = batch[0][0].shape[-1]
                     encoder = inspect.signature(REGISTRY[name]).parameters["backbone"].default  # its own
                     own = dict(backbone=encoder, cifar_stem=OWN_ENCODER[name][side], size=side)
-                    module = METHODS[name][0](**{**kw, "backbone": encoder, "cifar_stem": own["cifar_stem"]})
+                    module = METHODS[name][0](**{**kw, "backbone": encoder, "cifar_stem": own["cifar_stem"],
+                                                 "backbone_kwargs": None})
                 else:
                     own = None
                     module = PEERS[name](**kw) if name in PEERS else METHODS[name][0](**kw)

@@ -36,6 +36,7 @@ from mvssl_lightning.core.precision import apply_cpu_precision
 from mvssl_lightning.core.trainer_defaults import trainer_defaults
 from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.models.timm_backbone import ViewSizeError
 from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume, resolve_class
 
 #: The trainer settings every config shares (one file per paper recipe keeps only what differs).
@@ -217,7 +218,7 @@ def main(args: Optional[list[str]] = None) -> None:
         run_cli(args)
     except SIGTERMException as stop:
         sys.exit(stop.code if isinstance(stop.code, int) and stop.code else 143)
-    except ResumeError as error:
+    except (ResumeError, ViewSizeError) as error:
         print(f"mvssl: error: {error}", file=sys.stderr)
         sys.exit(2)
     except (ValueError, TypeError) as error:

@@ -286,5 +286,5 @@ def test_module_trains_with_probe_knn_and_step_schedule(tmp_path, one_thread):
 
 
 def test_module_rejects_other_backbones():
-    with pytest.raises(ValueError, match="backbone='amdim'"):
+    with pytest.raises(ValueError, match="AMDIM is tied to its own encoder.*backbone resnet18.*use backbone: amdim"):
         AMDIM(backbone="resnet18")

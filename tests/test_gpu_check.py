@@ -287,7 +287,7 @@ def test_the_gpu_run_steps_are_valid_command_lines(tmp_path):
     assert all((gpu_check.ROOT / f).is_file() for f in pytest_step.argv if f.startswith("tests/"))
     for step in steps["throughput"]:
         ns = throughput.build_parser().parse_args(step.argv[2:])
-        assert ns.preset in ("gpu-r50", "gpu-cifar") and ns.out == step.out
+        assert ns.preset in ("gpu-r50", "gpu-cifar", "gpu-vit") and ns.out == step.out
         assert set(ns.methods.split(",")) <= set(throughput.METHODS)
         assert set(ns.peers.split(",")) <= set(throughput.PEERS)
     assert [s.name for s in steps["throughput"]][-1] == "compiled-r50" and steps["throughput"][-1].optional

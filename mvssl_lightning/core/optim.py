@@ -33,21 +33,44 @@ from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from torch import nn
 
-__all__ = ["LARC", "OPTIMIZERS", "OptimizerName", "build_optimizer", "parameter_groups"]
+__all__ = [
+    "LARC", "OPTIMIZERS", "OptimizerName", "build_optimizer", "clip_per_parameter", "embedding_parameters",
+    "parameter_groups",
+]
 
 OptimizerName = Literal["lars", "larc", "sgd", "adamw", "adam"]
 OPTIMIZERS: tuple[str, ...] = ("lars", "larc", "sgd", "adamw", "adam")
 
 
+def embedding_parameters(modules: Iterable[nn.Module]) -> set[int]:
+    """``id`` of every parameter that a submodule's ``no_weight_decay()`` names (timm's convention:
+    ``pos_embed``, ``cls_token``, ``reg_token``, ``dist_token``, relative position tables...)."""
+    found: set[int] = set()
+    for module in modules:
+        for sub in module.modules():
+            method = getattr(sub, "no_weight_decay", None)
+            names = method() if callable(method) else ()
+            for name, param in sub.named_parameters():
+                if name in names or name.split(".")[0] in names:
+                    found.add(id(param))
+    return found
+
+
 def parameter_groups(
-    modules: Iterable[nn.Module], weight_decay: float, exclude_bias_and_norm: bool = True
+    modules: Iterable[nn.Module], weight_decay: float, exclude_bias_and_norm: bool = True,
+    exclude_embeddings: bool = True,
 ) -> list[dict]:
-    """Trainable parameters split into a decayed group and a zero-decay group (bias + norm)."""
+    """Trainable parameters split into a decayed group and a zero-decay group: biases and norm parameters
+    (``exclude_bias_and_norm``), and what :func:`embedding_parameters` finds (``exclude_embeddings``)."""
     modules = list(modules)
     if exclude_bias_and_norm:
         decay, no_decay = get_weight_decay_parameters(modules)
     else:
         decay, no_decay = [p for m in modules for p in m.parameters()], []
+    if exclude_embeddings:
+        embeddings = embedding_parameters(modules)
+        no_decay = no_decay + [p for p in decay if id(p) in embeddings]
+        decay = [p for p in decay if id(p) not in embeddings]
     decay = [p for p in decay if p.requires_grad]
     no_decay = [p for p in no_decay if p.requires_grad]
     groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay}]
@@ -123,3 +146,13 @@ def build_optimizer(
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas_, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@torch.no_grad()
+def clip_per_parameter(parameters: Iterable[nn.Parameter], max_norm: float) -> None:
+    """DINO's ``utils.clip_gradients`` (``facebookresearch/dino``): every gradient ``g`` with
+    ``||g|| > max_norm`` is scaled by ``max_norm / (||g|| + 1e-6)``, each parameter on its own (no host sync)."""
+    for p in parameters:
+        if p.grad is not None:
+            norm = torch.linalg.vector_norm(p.grad)
+            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))

@@ -10,10 +10,16 @@ Three sources, told apart by the file's contents (read with ``torch.load(..., we
   ``state_dict`` are loaded (strictly); projectors, predictors, EMA teachers and queues are ignored and
   the method itself is never instantiated. For AMDIM the backbone is AMDIM's encoder, whose ``forward``
   gives ``r1`` flattened, the feature AMDIM's own classifiers read;
-* **a torchvision ResNet ``state_dict``** (e.g. written by
+* **a backbone ``state_dict``**: a torchvision ResNet's (e.g. written by
   :func:`~mvssl_lightning.models.export_torchvision_state_dict`, or a torchvision model's full
-  ``state_dict``, whose ``fc.*`` entries are dropped): the file does not say its architecture, so
+  ``state_dict``, whose ``fc.*`` entries are dropped), or the ``state_dict`` of any backbone
+  ``backbone`` names (a timm model's, a torchvision model's): the file does not say its architecture, so
   ``backbone`` (and ``cifar_stem``) must be given;
+
+The backbone recorded in a checkpoint is a name (``resnet50``, ``timm:vit_small_patch16_224``,
+``torchvision:convnext_tiny``), a ``class_path`` / ``init_args`` dict (a module given in a config: it is
+instantiated again), or ``module:<package.Class>`` (a module given from Python, which the checkpoint
+cannot rebuild: pass the module as ``backbone``).
 * **no checkpoint** (``None``): a randomly initialised backbone of the given architecture, the
   baseline every evaluation should be compared with.
 
@@ -24,6 +30,7 @@ Lightning checkpoint of something else, missing / unexpected keys and shape mism
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,13 +39,15 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from mvssl_lightning.models.backbones import BACKBONES, build_backbone
+from mvssl_lightning.models.backbones import BACKBONES, Backbone, backbone_name, build_backbone
 
 __all__ = ["BackboneSource", "load_backbone", "sha256_file"]
 
 PathLike = Union[str, os.PathLike]
 
-_PREFIX = "backbone."
+#: where each set of backbone weights lives in a pre-training checkpoint's state_dict
+_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
+CheckpointKey = Literal["student", "teacher"]
 _SHOWN = 5
 
 
@@ -125,6 +134,36 @@ def _is_tensor_dict(obj: Any) -> bool:
     )
 
 
+def _instantiate(spec: dict, path: Path) -> nn.Module:
+    """A module from a ``{"class_path": ..., "init_args": {...}}`` record (a module given in a config)."""
+    class_path = str(spec.get("class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{path}: its backbone class {class_path!r} cannot be imported here: {error}") from error
+    module = cls(**dict(spec.get("init_args") or {}))
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{path}: its backbone class {class_path!r} does not build an nn.Module")
+    return module
+
+
+def _recorded_backbone(recorded: Any, given: Optional[Backbone], path: Path) -> Backbone:
+    """The backbone to rebuild from a checkpoint's record (module docstring)."""
+    if isinstance(given, nn.Module):
+        return given  # the user's own instance: its weights come from the checkpoint
+    if isinstance(recorded, dict) and "class_path" in recorded:
+        return _instantiate(recorded, path)
+    name = str(recorded)
+    if name.startswith("module:"):
+        raise ValueError(
+            f"{path} was pre-trained with a backbone given as a Python module ({name[len('module:'):]}), which the "
+            f"checkpoint cannot rebuild: pass that module as backbone (an instance, or class_path / init_args in "
+            f"the config)"
+        )
+    return name
+
+
 def _arch(name: str, cifar_stem: bool, kwargs: dict) -> str:
     extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     return f"{name!r} (cifar_stem={cifar_stem}{extra})"
@@ -132,10 +171,11 @@ def _arch(name: str, cifar_stem: bool, kwargs: dict) -> str:
 
 def load_backbone(
     checkpoint: Optional[PathLike],
-    backbone: Optional[str] = None,
+    backbone: Optional[Backbone] = None,
     cifar_stem: Optional[bool] = None,
     zero_init_residual: bool = True,
     backbone_kwargs: Optional[dict] = None,
+    checkpoint_key: CheckpointKey = "student",
 ) -> tuple[nn.Module, int, BackboneSource]:
     """``(backbone module, feature dim, source)`` for ``checkpoint`` (see the module docstring).
 
@@ -146,6 +186,9 @@ def load_backbone(
             or ``None``; for a pre-training checkpoint they are read from it, and a value given here
             that disagrees with the checkpoint is an error.
         zero_init_residual: initialisation of a random backbone (no effect once weights are loaded).
+        checkpoint_key: which backbone of a pre-training checkpoint: the trained ``student`` (``backbone.*``)
+            or the EMA ``teacher`` (``teacher_backbone.*``, methods with an EMA teacher; DINO evaluates it:
+            ``eval_linear.py --checkpoint_key teacher``).
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
@@ -157,7 +200,8 @@ def load_backbone(
         kwargs = dict(backbone_kwargs or {})
         stem = bool(cifar_stem)
         module, dim = build_backbone(backbone, cifar_stem=stem, zero_init_residual=zero_init_residual, **kwargs)
-        return module, dim, BackboneSource("random", None, None, None, backbone, stem, zero_init_residual, kwargs)
+        return module, dim, BackboneSource("random", None, None, None, backbone_name(backbone), stem,
+                                           zero_init_residual, kwargs)
 
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -180,9 +224,12 @@ def load_backbone(
                 f"{path} is a Lightning checkpoint but not of an mvssl_lightning pre-training method: its "
                 f"hyper_parameters have no 'backbone' (found {shown}); pass a torchvision state_dict instead"
             )
-        name, stem = str(hp["backbone"]), bool(hp.get("cifar_stem", False))
+        arch = _recorded_backbone(hp["backbone"], backbone, path)
+        name, stem = backbone_name(arch), bool(hp.get("cifar_stem", False))
         kwargs = dict(hp.get("backbone_kwargs") or {})
-        wanted: dict[str, tuple[Any, Any]] = {"backbone": (backbone, name), "cifar_stem": (cifar_stem, stem)}
+        wanted: dict[str, tuple[Any, Any]] = {"cifar_stem": (cifar_stem, stem)}
+        if isinstance(backbone, str):
+            wanted["backbone"] = (backbone, name)
         if backbone_kwargs is not None:
             wanted["backbone_kwargs"] = (dict(backbone_kwargs), kwargs)
         clash = [f"{k}={given!r} (checkpoint: {found!r})" for k, (given, found) in wanted.items()
@@ -192,13 +239,13 @@ def load_backbone(
                 f"{path} was pre-trained with backbone {_arch(name, stem, kwargs)}, but the evaluation asks for "
                 f"{', '.join(clash)}; leave backbone / cifar_stem / backbone_kwargs unset to use the checkpoint's"
             )
-        if name not in BACKBONES:
-            raise ValueError(f"{path}: unknown backbone {name!r} in its hyper_parameters; known: {list(BACKBONES)}")
         zero_init = bool(hp.get("zero_init_residual", zero_init_residual))
-        module, dim = build_backbone(name, cifar_stem=stem, zero_init_residual=zero_init, **kwargs)
-        state = {k[len(_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(_PREFIX)}
+        module, dim = build_backbone(arch, cifar_stem=stem, zero_init_residual=zero_init, **kwargs)
+        prefix = _PREFIXES[checkpoint_key]
+        state = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         if not state:
-            raise ValueError(f"{path} has no '{_PREFIX}*' weights in its state_dict")
+            raise ValueError(f"{path} has no '{prefix}*' weights in its state_dict"
+                             + (" (a method without an EMA teacher?)" if checkpoint_key == "teacher" else ""))
         _load_strict(module, state, str(path), _arch(name, stem, kwargs))
         method = hp.get("_class_path")
         source = BackboneSource("pretraining", str(path), digest, str(method) if method else None, name, stem,
@@ -209,14 +256,15 @@ def load_backbone(
         if backbone is None:
             raise ValueError(
                 f"{path} is a plain state_dict, which does not say its architecture: set backbone "
-                f"(one of {list(BACKBONES)}) and cifar_stem"
+                f"(one of {list(BACKBONES)}, 'timm:<name>', 'torchvision:<name>' or a module) and cifar_stem"
             )
         kwargs = dict(backbone_kwargs or {})
         stem = bool(cifar_stem)
         module, dim = build_backbone(backbone, cifar_stem=stem, zero_init_residual=zero_init_residual, **kwargs)
         state = {k: v for k, v in obj.items() if k not in ("fc.weight", "fc.bias")}
-        _load_strict(module, state, str(path), _arch(backbone, stem, kwargs))
-        source = BackboneSource("torchvision", str(path), digest, None, backbone, stem, zero_init_residual, kwargs)
+        _load_strict(module, state, str(path), _arch(backbone_name(backbone), stem, kwargs))
+        source = BackboneSource("torchvision", str(path), digest, None, backbone_name(backbone), stem,
+                                zero_init_residual, kwargs)
         return module, dim, source
 
     shown = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__

@@ -54,8 +54,9 @@ from mvssl_lightning.core.features import eval_mode, extract_features, param_dty
 from mvssl_lightning.core.optim import OPTIMIZERS, OptimizerName, build_optimizer
 from mvssl_lightning.core.schedules import Schedule, ScheduleInterval, lr_factor
 from mvssl_lightning.core.steps import scaled_lr, steps_per_epoch, total_steps
-from mvssl_lightning.evaluation.checkpoint import load_backbone
+from mvssl_lightning.evaluation.checkpoint import CheckpointKey, load_backbone
 from mvssl_lightning.models.backbones import Backbone
+from mvssl_lightning.models.timm_backbone import check_last_blocks, last_blocks_features
 
 __all__ = ["EvalModule", "FineTune", "HeadInit", "KNNEval", "LinearEval"]
 
@@ -74,6 +75,9 @@ class EvalModule(L.LightningModule):
         backbone, cifar_stem, backbone_kwargs: the architecture; read from a pre-training checkpoint
             (a value given here must agree), required for a ``state_dict`` or a random backbone.
         zero_init_residual: initialisation of a random backbone.
+        n_last_blocks, avgpool_patchtokens: a timm ViT's feature as DINO's ``eval_linear.py`` (:class:`LinearEval`).
+        checkpoint_key: ``student`` (the trained backbone) or ``teacher`` (the EMA teacher's, as DINO's
+            evaluations ``--checkpoint_key teacher``).
 
     Attributes: ``backbone``, ``feat_dim``, ``source`` (:class:`BackboneSource`: the file, its SHA-256, the
     pre-training method). ``frozen`` (class attribute): the backbone is fixed and stays in eval mode.
@@ -89,11 +93,23 @@ class EvalModule(L.LightningModule):
         cifar_stem: Optional[bool] = None,
         zero_init_residual: bool = True,
         backbone_kwargs: Optional[dict] = None,
+        n_last_blocks: int = 1,
+        avgpool_patchtokens: bool = False,
+        checkpoint_key: CheckpointKey = "student",
     ) -> None:
         super().__init__()
         self.backbone, self.feat_dim, self.source = load_backbone(
-            checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs
+            checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs, checkpoint_key
         )
+        if n_last_blocks < 1:
+            raise ValueError(f"n_last_blocks must be >= 1, got {n_last_blocks}")
+        # DINO's ViT feature: the last blocks' class tokens (and the mean patch token), concatenated
+        self.token_features: Optional[tuple[int, bool]] = None
+        if n_last_blocks > 1 or avgpool_patchtokens:
+            self.token_features = (n_last_blocks, avgpool_patchtokens)
+        if self.token_features is not None:
+            check_last_blocks(self.backbone, n_last_blocks)
+            self.feat_dim *= n_last_blocks + int(avgpool_patchtokens)
         if self.frozen:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -106,10 +122,16 @@ class EvalModule(L.LightningModule):
             self.backbone.eval()
         return self
 
+    def _features(self, x: Tensor) -> Tensor:
+        if self.token_features is not None:
+            return last_blocks_features(self.backbone, x, *self.token_features)
+        return self.backbone(x).flatten(start_dim=1)
+
     def features(self, x: Tensor) -> Tensor:
-        """Backbone features ``(B, feat_dim)`` (AMDIM: ``r1`` flattened); no gradient when frozen."""
+        """Backbone features ``(B, feat_dim)`` (AMDIM: ``r1`` flattened; a ViT with ``n_last_blocks``: DINO's
+        concatenated class tokens); no gradient when frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.backbone(x).flatten(start_dim=1)
+            return self._features(x)
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -121,7 +143,7 @@ class EvalModule(L.LightningModule):
         device, with the backbone in eval mode (its mode is restored)."""
         dtype = param_dtype(self.backbone, torch.float32)
         with eval_mode(self.backbone):
-            return extract_features(lambda x: self.backbone(x.to(dtype)), loader, self.device)
+            return extract_features(lambda x: self._features(x.to(dtype)), loader, self.device)
 
     def _check_num_classes(self, num_classes: Optional[int]) -> None:
         """The data module's class count (from its dataset's metadata) must equal the model's."""
@@ -159,6 +181,10 @@ class LinearEval(EvalModule):
         gamma: decay factor of the ``step`` schedule.
         cache_features: the cached-features fast path: the data module serves features extracted once
             with the evaluation transform (needs ``train_transform: none``; one process).
+        n_last_blocks, avgpool_patchtokens: a timm ViT's feature as DINO's ``eval_linear.py`` builds it: the
+            class tokens of the last ``n_last_blocks`` blocks (each through the final norm), concatenated,
+            plus the last block's mean patch token (``avgpool_patchtokens``); 1 / False: the backbone's own
+            pooled feature (a ViT's final class token).
     """
 
     def __init__(
@@ -186,8 +212,12 @@ class LinearEval(EvalModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         cache_features: bool = False,
+        n_last_blocks: int = 1,
+        avgpool_patchtokens: bool = False,
+        checkpoint_key: CheckpointKey = "student",
     ) -> None:
-        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs)
+        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs, n_last_blocks,
+                         avgpool_patchtokens, checkpoint_key)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if lr <= 0 or weight_decay < 0:
@@ -278,6 +308,8 @@ class LinearEval(EvalModule):
     def scale(self) -> float:
         """The lr multiplier of ``lr_scaling``: ``batch_size * world_size * accumulate_grad_batches / 256``
         (:func:`mvssl_lightning.core.steps.scaled_lr`, the rule of pre-training)."""
+        if self.lr_scaling == "none":
+            return 1.0
         return scaled_lr(1.0, self.lr_scaling, self.trainer, self.batch_size, self.reference_batch_size)
 
     def param_groups(self) -> list[dict]:
@@ -307,6 +339,12 @@ class FineTune(LinearEval):
     Barlow Twins' ``evaluate.py --weights finetune`` (SGD, momentum 0.9, no weight decay, head ``lr`` 0.5,
     ``backbone_lr`` 0.005, cosine per epoch, ``N(0, 0.01)`` head). Other arguments: :class:`LinearEval`
     (``cache_features`` is not available: the features change).
+
+    ``layer_decay`` (ViTs; BEiT / MAE fine-tuning): layer-wise learning-rate decay from timm's
+    ``param_groups_layer_decay``: block ``i`` (0-indexed) of ``L`` trains at ``backbone_lr * layer_decay^(L - 1 - i)``
+    (the patch and position embeddings at ``layer_decay^L``, the final norm with the last block), no weight decay
+    on biases, norms and what the backbone's ``no_weight_decay()`` names; needs a backbone with timm's
+    ``group_matcher``.
     """
 
     frozen = False
@@ -317,20 +355,33 @@ class FineTune(LinearEval):
         num_classes: int,
         backbone_lr: float = 0.005,
         lr: float = 0.5,
+        layer_decay: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         if backbone_lr < 0:
             raise ValueError(f"backbone_lr must be >= 0, got {backbone_lr}")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
         super().__init__(checkpoint, num_classes, lr=lr, **kwargs)
         self.backbone_lr = backbone_lr
+        self.layer_decay = layer_decay
+        if layer_decay is not None and not callable(getattr(self.backbone, "group_matcher", None)):
+            raise ValueError(f"layer_decay needs a timm backbone with group_matcher (a ViT), got "
+                             f"{type(self.backbone).__name__}")
 
     @override
     def param_groups(self) -> list[dict]:
         scale = self.scale()
-        return [
-            {"params": list(self.head.parameters()), "lr": self.lr * scale},
-            {"params": list(self.backbone.parameters()), "lr": self.backbone_lr * scale},
-        ]
+        head = {"params": list(self.head.parameters()), "lr": self.lr * scale}
+        if self.layer_decay is None:
+            return [head, {"params": list(self.backbone.parameters()), "lr": self.backbone_lr * scale}]
+        from timm.optim import param_groups_layer_decay
+
+        no_decay: set[str] = getattr(self.backbone, "no_weight_decay", set)()
+        groups = param_groups_layer_decay(self.backbone, self.weight_decay, no_decay, layer_decay=self.layer_decay)
+        for group in groups:
+            group["lr"] = self.backbone_lr * scale * group.pop("lr_scale", 1.0)
+        return [head, *groups]
 
 
 class KNNEval(EvalModule):
@@ -354,8 +405,10 @@ class KNNEval(EvalModule):
         cifar_stem: Optional[bool] = None,
         zero_init_residual: bool = True,
         backbone_kwargs: Optional[dict] = None,
+        checkpoint_key: CheckpointKey = "student",
     ) -> None:
-        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs)
+        super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs,
+                         checkpoint_key=checkpoint_key)
         self.save_hyperparameters()
         self.knn = OnlineKNN(k=k, temperature=temperature, num_classes=num_classes, log_prefix="knn")
         self.num_classes = num_classes

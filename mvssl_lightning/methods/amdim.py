@@ -37,7 +37,7 @@ from mvssl_lightning.core.steps import LRScaling
 from mvssl_lightning.losses.amdim import AMDIMLoss
 from mvssl_lightning.methods.base import SiameseModule
 from mvssl_lightning.models.amdim import AMDIMEncoder, amdim_heads
-from mvssl_lightning.models.backbones import Backbone
+from mvssl_lightning.models.backbones import Backbone, backbone_name
 
 __all__ = ["AMDIM", "amdim_lr_factor"]
 
@@ -110,7 +110,16 @@ class AMDIM(SiameseModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
+        if backbone != "amdim" and not hasattr(backbone, "forward_maps"):
+            raise ValueError(
+                f"AMDIM is tied to its own encoder: its loss reads the encoder's 1x1, 5x5 and 7x7 feature maps "
+                f"(forward_maps), which backbone {backbone_name(backbone)} does not have; use backbone: amdim "
+                f"(sizes via backbone_kwargs ndf, n_rkhs, depth)"
+            )
         super().__init__(
             backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
             backbone_kwargs=backbone_kwargs, optimizer=optimizer, lr=lr, lr_scaling=lr_scaling,
@@ -120,11 +129,8 @@ class AMDIM(SiameseModule):
             warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
             channels_last=channels_last, compile=compile, check_finite=check_finite,
             skip_nonfinite_grads=skip_nonfinite_grads,
+            exclude_embeddings=exclude_embeddings, weight_decay_end=weight_decay_end, clip_grad=clip_grad,
         )
-        if not hasattr(self.backbone, "forward_maps"):
-            raise ValueError(
-                f"AMDIM needs backbone='amdim' (an encoder with forward_maps), got {backbone!r}"
-            )
         if lr_gamma <= 0:
             raise ValueError(f"lr_gamma must be positive, got {lr_gamma}")
         self.heads = amdim_heads(self.backbone)

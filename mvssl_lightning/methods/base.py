@@ -25,16 +25,17 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from mvssl_lightning.core.compat import attached_trainer, is_compiled
-from mvssl_lightning.core.optim import OptimizerName, build_optimizer, parameter_groups
-from mvssl_lightning.core.schedules import warmup_cosine_factor
+from mvssl_lightning.core.optim import OptimizerName, build_optimizer, clip_per_parameter, parameter_groups
+from mvssl_lightning.core.schedules import cosine_anneal, warmup_cosine_factor
 from mvssl_lightning.core.steps import LRScaling, epochs_to_steps, scaled_lr, steps_per_epoch, total_steps
 from mvssl_lightning.methods.momentum import EMATeacher
-from mvssl_lightning.models.backbones import Backbone, build_backbone
+from mvssl_lightning.models.backbones import Backbone, backbone_kind, backbone_name, build_backbone
+from mvssl_lightning.models.timm_backbone import check_view_size
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 
@@ -43,10 +44,14 @@ class SiameseModule(L.LightningModule):
     """Base class of the multi-view SSL methods.
 
     Args:
-        backbone: ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision, ``fc`` removed) or ``amdim``.
-        cifar_stem: small-image stem for 32 px data (ResNets: 3x3 stride-1 conv, no max-pool).
-        zero_init_residual: zero-init the last layer of each residual block (Goyal et al. 2017).
-        backbone_kwargs: further arguments of the backbone builder (e.g. AMDIM's ``ndf``).
+        backbone: ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision, ``fc`` removed), ``amdim``,
+            ``"timm:<model name>"``, ``"torchvision:<model name>"``, or an ``nn.Module`` returning ``(B, D)``
+            features (``class_path`` / ``init_args`` in a config); :mod:`mvssl_lightning.models.backbones`.
+        cifar_stem: small-image stem for 32 px data (the library's ResNets: 3x3 stride-1 conv, no max-pool;
+            AMDIM: its 32 px encoder); an error on other backbones.
+        zero_init_residual: zero-init the last layer of each residual block (Goyal et al. 2017); ResNets only.
+        backbone_kwargs: further arguments of the backbone builder (e.g. AMDIM's ``ndf``, a timm model's
+            ``img_size``, ``patch_size``, ``drop_path_rate``, ``dynamic_img_size``).
         optimizer: ``lars`` (lightly), ``larc`` (apex), ``sgd``, ``adamw`` or ``adam``
             (:mod:`mvssl_lightning.core.optim`).
         lr: base learning rate at ``reference_batch_size``; scaled by the global batch with ``lr_scaling``.
@@ -55,6 +60,12 @@ class SiameseModule(L.LightningModule):
         batch_size: per-process batch size used for lr scaling; read from the data module when None.
         weight_decay, momentum, betas, trust_coefficient: optimiser settings.
         exclude_bias_and_norm: no weight decay and no LARS adaptation on biases and norm parameters.
+        exclude_embeddings: no weight decay on what a backbone's ``no_weight_decay()`` names (timm: position
+            embeddings, class and register tokens), as timm, DeiT and MAE; DINO's code decays them (False).
+        weight_decay_end: cosine schedule of the weight decay, per optimiser step, from ``weight_decay`` to
+            this value (DINO: 0.04 -> 0.4); None keeps it constant.
+        clip_grad: clip each parameter's gradient to this L2 norm before the step (DINO's per-parameter
+            ``clip_gradients``, 3.0); None: off. Lightning's ``gradient_clip_val`` clips the global norm.
         warmup_epochs: linear warm-up length (fractional epochs, converted to optimiser steps);
             ``warmup_steps`` overrides it.
         warmup_start_factor: the warm-up starts at ``warmup_start_factor * lr``.
@@ -102,6 +113,9 @@ class SiameseModule(L.LightningModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
         super().__init__()
         if lr_scaling not in LR_SCALINGS:
@@ -110,9 +124,18 @@ class SiameseModule(L.LightningModule):
             raise ValueError(
                 f"need lr > 0, weight_decay >= 0, warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}"
             )
+        if (weight_decay_end is not None and weight_decay_end < 0) or (clip_grad is not None and clip_grad <= 0):
+            raise ValueError(
+                f"need weight_decay_end >= 0 and clip_grad > 0 (or None); got {weight_decay_end}, {clip_grad}"
+            )
+        self.backbone_kind = backbone_kind(backbone)
+        self.backbone_name = backbone_name(backbone)
         self.backbone, self.feat_dim = build_backbone(
             backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, **(backbone_kwargs or {})
         )
+        if self.backbone_kind in ("timm", "torchvision", "module"):
+            unused = "" if self.backbone_kind == "torchvision" else "; zero_init_residual does not apply to it"
+            rank_zero_info(f"backbone {self.backbone_name}: {self.feat_dim}-d features{unused}")
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.optimizer_name = optimizer
@@ -134,10 +157,17 @@ class SiameseModule(L.LightningModule):
         self.compile_backbone = compile
         self.check_finite = check_finite
         self.skip_nonfinite_grads = skip_nonfinite_grads
+        self.exclude_embeddings = exclude_embeddings
+        self.weight_decay_end = weight_decay_end
+        self.clip_grad = clip_grad
         self._rng_to_restore: Optional[dict[str, Any]] = None
+        self._view_sizes: set[tuple[int, int]] = set()
         # every constructor argument, the subclass's included (Lightning reads them off the call frames;
         # under LightningCLI, its own record with the class path that ``--ckpt_path`` needs)
         self.save_hyperparameters()
+        if isinstance(self.hparams.get("backbone"), nn.Module):
+            # a module given from Python: checkpoints record its class (they hold its weights, not its code)
+            self.hparams["backbone"] = self.backbone_name
 
     # ------------------------------------------------------------------ features
     def _prepare(self, x: Tensor) -> Tensor:
@@ -190,6 +220,8 @@ class SiameseModule(L.LightningModule):
 
     @override
     def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.clip_grad is not None:
+            clip_per_parameter(self.parameters(), self.clip_grad)
         if not self.skip_nonfinite_grads:
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -204,6 +236,13 @@ class SiameseModule(L.LightningModule):
 
     @override
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        if self.weight_decay_end is not None:
+            # DINO: the decayed group's weight decay at iteration t (0-indexed), set before that step
+            step, total = self.trainer.global_step, self.total_steps()
+            decay = cosine_anneal(step, total, self.weight_decay, self.weight_decay_end)
+            for group in optimizer.param_groups:
+                if group.get("name") == "decay":
+                    group["weight_decay"] = decay
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning increments global_step after this hook returns
         self.on_after_optimizer_step(self.trainer.global_step + 1)
@@ -226,6 +265,11 @@ class SiameseModule(L.LightningModule):
                 f"{type(self).__name__} needs {wanted} views per sample, but the view recipe gave {n}; "
                 f"pick a matching recipe (data.views)"
             )
+        for v in views:  # each new view size once (Python ints: no device sync)
+            size = (int(v.shape[-2]), int(v.shape[-1]))
+            if size not in self._view_sizes:
+                check_view_size(self.backbone, self.backbone_name, *size)
+                self._view_sizes.add(size)
 
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
         if torch.isfinite(loss.detach()).all():
@@ -305,7 +349,7 @@ class SiameseModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm)
+        groups = parameter_groups([self], self.weight_decay, self.exclude_bias_and_norm, self.exclude_embeddings)
         optimizer = build_optimizer(
             self.optimizer_name, groups, self.scaled_lr(), momentum=self.momentum, betas=self.betas,
             trust_coefficient=self.trust_coefficient,

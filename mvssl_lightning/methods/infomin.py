@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -50,6 +51,8 @@ from mvssl_lightning.methods.momentum import EMATeacher, make_teacher
 from mvssl_lightning.methods.queue import KeyQueue
 from mvssl_lightning.methods.shuffle_bn import shuffled_key_forward
 from mvssl_lightning.models.backbones import Backbone
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 __all__ = ["InfoMin", "JigsawHead"]
 
@@ -158,6 +161,9 @@ class InfoMin(SiameseModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
         super().__init__(
             backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
@@ -168,6 +174,7 @@ class InfoMin(SiameseModule):
             warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
             channels_last=channels_last, compile=compile, check_finite=check_finite,
             skip_nonfinite_grads=skip_nonfinite_grads,
+            exclude_embeddings=exclude_embeddings, weight_decay_end=weight_decay_end, clip_grad=clip_grad,
         )
         if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= jigsaw_beta <= 1.0:
             raise ValueError(f"ema_momentum and jigsaw_beta must be in [0, 1], got {ema_momentum}, {jigsaw_beta}")
@@ -187,7 +194,16 @@ class InfoMin(SiameseModule):
         self.jigsaw = jigsaw
         self.jigsaw_beta = jigsaw_beta
         self.num_patches = num_patches
-        self.shuffle_bn = shuffle_bn
+        # ShuffleBN hides a query's batch statistics from its key; a key encoder without BatchNorm (a ViT, a
+        # LayerNorm ConvNeXt) has none to hide, and a permuted batch gives the same keys: encode it as it is
+        has_batchnorm = any(isinstance(m, _BATCHNORMS) for m in (*self.teacher_backbone.modules(),
+                                                                  *self.teacher_projector.modules()))
+        if shuffle_bn and not has_batchnorm:
+            rank_zero_info(
+                "InfoMin: the key encoder has no BatchNorm, so ShuffleBN has nothing to hide: keys are encoded "
+                "without shuffling (same keys, no all-gather of the images)"
+            )
+        self.shuffle_bn = shuffle_bn and has_batchnorm
         self.shuffle_bn_groups = shuffle_bn_groups
         # the view count this configuration needs exactly (checked by SiameseModule._check_views)
         self.min_views = self.max_views = 2 + (num_patches if jigsaw else 0)

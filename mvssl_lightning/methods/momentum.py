@@ -29,9 +29,16 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
 
 
 def make_teacher(module: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``module`` (no gradients); an :class:`EMATeacher` keeps it up to date."""
+    """A frozen deep copy of ``module`` (no gradients); an :class:`EMATeacher` keeps it up to date.
+
+    Stochastic depth (timm's ``DropPath``, any module with a ``drop_prob``) is switched off in the copy: the
+    targets of BYOL / DINO teachers are deterministic functions of the input (DINO builds its teacher
+    without ``drop_path_rate``, ``main_dino.py``)."""
     teacher = copy.deepcopy(module)
     deactivate_requires_grad(teacher)
+    for sub in teacher.modules():
+        if isinstance(getattr(sub, "drop_prob", None), float):
+            setattr(sub, "drop_prob", 0.0)  # noqa: B010 (any module type with this attribute)
     return teacher
 
 

@@ -101,6 +101,9 @@ class MVEB(SiameseModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
         super().__init__(
             backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
@@ -111,6 +114,7 @@ class MVEB(SiameseModule):
             warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
             channels_last=channels_last, compile=compile, check_finite=check_finite,
             skip_nonfinite_grads=skip_nonfinite_grads,
+            exclude_embeddings=exclude_embeddings, weight_decay_end=weight_decay_end, clip_grad=clip_grad,
         )
         self.projector = mveb_projector(self.feat_dim, proj_hidden_dim, proj_output_dim)
         self.teacher_backbone = make_teacher(self.backbone)

@@ -41,14 +41,18 @@ class ERDINO(SiameseModule):
     DINO's centering (with sharpening) keeps the teacher's marginal over the prototypes spread, i.e. it
     acts on the entropy term of the bound implicitly; ER-DINO maximises the entropy of the student's
     average prototype distribution explicitly (the teacher has no gradient).  ``centering=False``
-    replaces the centering by the entropy term; the default keeps both.  The teacher-temperature
-    warm-up of DINO is not implemented (constant ``teacher_temp``).
+    replaces the centering by the entropy term; the default keeps both.
 
     Args:
         head_hidden_dim, bottleneck_dim, output_dim, batch_norm_head, freeze_last_layer: lightly
             ``DINOProjectionHead`` (``output_dim`` = number of prototypes; the weight-normalised last
             layer is frozen for the first ``freeze_last_layer`` epochs).
+        norm_last_layer: weight-normalised last layer with its norm fixed to 1 (DINO's default; its ViT-S/16
+            300-epoch recipe sets False).
         teacher_temp, student_temp: 0.04 and 0.1 (DINO).
+        warmup_teacher_temp, warmup_teacher_temp_epochs: DINO's teacher-temperature warm-up: in epoch ``e <
+            W`` the temperature is ``linspace(warmup_teacher_temp, teacher_temp, W)[e]`` (``main_dino.py``
+            ``DINOLoss``), then ``teacher_temp``; ``W = 0`` (default) keeps ``teacher_temp`` throughout.
         centering, center_momentum: teacher centering (lightly ``Center``, momentum 0.9).
         reconstruction: ``"cross_entropy"`` or ``"er"``.
         entropy_weight, reconstruction_weight, reduction, gather_distributed: as
@@ -71,7 +75,10 @@ class ERDINO(SiameseModule):
         output_dim: int = 65536,
         batch_norm_head: bool = False,
         freeze_last_layer: int = 1,
+        norm_last_layer: bool = True,
         teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 0,
         student_temp: float = 0.1,
         centering: bool = True,
         center_momentum: float = 0.9,
@@ -106,6 +113,9 @@ class ERDINO(SiameseModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
         super().__init__(
             backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
@@ -116,8 +126,12 @@ class ERDINO(SiameseModule):
             warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
             channels_last=channels_last, compile=compile, check_finite=check_finite,
             skip_nonfinite_grads=skip_nonfinite_grads,
+            exclude_embeddings=exclude_embeddings, weight_decay_end=weight_decay_end, clip_grad=clip_grad,
         )
-        head_args = (self.feat_dim, head_hidden_dim, bottleneck_dim, output_dim, batch_norm_head, freeze_last_layer)
+        if warmup_teacher_temp_epochs < 0:
+            raise ValueError(f"warmup_teacher_temp_epochs must be >= 0, got {warmup_teacher_temp_epochs}")
+        head_args = (self.feat_dim, head_hidden_dim, bottleneck_dim, output_dim, batch_norm_head, freeze_last_layer,
+                     norm_last_layer)
         self.head = DINOProjectionHead(*head_args)
         self.teacher_backbone = make_teacher(self.backbone)
         # a weight-normalised layer cannot be deep-copied: build the teacher head and copy the weights
@@ -132,8 +146,19 @@ class ERDINO(SiameseModule):
             reconstruction, entropy_weight, reconstruction_weight, reduction, gather_distributed
         )
         self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = int(warmup_teacher_temp_epochs)
         self.student_temp = student_temp
         self.centering = centering
+
+    def current_teacher_temp(self) -> float:
+        """The teacher temperature of the current epoch (class docstring)."""
+        epoch, warmup = self.current_epoch, self.warmup_teacher_temp_epochs
+        if epoch >= warmup:
+            return self.teacher_temp
+        if warmup == 1:
+            return self.warmup_teacher_temp
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * epoch / (warmup - 1)
 
     @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
@@ -142,7 +167,8 @@ class ERDINO(SiameseModule):
         with torch.no_grad():
             t_logits = [at_least_float32(self.teacher_head(self.teacher_backbone(x))) for x in views[:2]]
             shift = self.center.value if self.centering else 0.0
-            q = [F.softmax((t - shift) / self.teacher_temp, dim=1) for t in t_logits]
+            tau = self.current_teacher_temp()
+            q = [F.softmax((t - shift) / tau, dim=1) for t in t_logits]
         loss, terms = self.criterion(q, log_p)
         terms["teacher_entropy"] = sum(er_discrete_entropy(qi) for qi in q) / len(q)
         if self.centering:

@@ -81,6 +81,9 @@ class ERSimCLR(SiameseModule):
         compile: bool = False,
         check_finite: bool = True,
         skip_nonfinite_grads: bool = False,
+        exclude_embeddings: bool = True,
+        weight_decay_end: Optional[float] = None,
+        clip_grad: Optional[float] = None,
     ) -> None:
         super().__init__(
             backbone=backbone, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
@@ -91,6 +94,7 @@ class ERSimCLR(SiameseModule):
             warmup_start_factor=warmup_start_factor, min_lr_factor=min_lr_factor, cosine_over_total=cosine_over_total,
             channels_last=channels_last, compile=compile, check_finite=check_finite,
             skip_nonfinite_grads=skip_nonfinite_grads,
+            exclude_embeddings=exclude_embeddings, weight_decay_end=weight_decay_end, clip_grad=clip_grad,
         )
         self.projector = SimCLRProjectionHead(self.feat_dim, proj_hidden_dim, proj_output_dim, proj_num_layers)
         self.criterion = ERSphereLoss(
