@@ -17,6 +17,7 @@ from mvssl_lightning.callbacks import (
 )
 from mvssl_lightning.data import MultiViewDataModule
 from mvssl_lightning.evaluation import FineTune, KNNEval, LabeledDataModule, LinearEval
+from mvssl_lightning.export import export_checkpoint, load_pretrained
 from mvssl_lightning.losses import AMDIMLoss, ERDiscreteLoss, ERSphereLoss, InfoNCEQueueLoss, MECLoss, MVEBLoss
 from mvssl_lightning.methods import AMDIM, ERBYOL, ERDINO, MEC, MVEB, ERSimCLR, ERSwAV, InfoMin, SiameseModule
 from mvssl_lightning.models import export_torchvision_state_dict
@@ -57,5 +58,7 @@ __all__ = [
     "MECLoss",
     "MVEBLoss",
     # weights out
+    "export_checkpoint",
     "export_torchvision_state_dict",
+    "load_pretrained",
 ]

@@ -127,7 +127,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"methods", "callbacks"},
     {"evaluation"},
-    {"resume", "report"},
+    {"resume", "report", "export"},
     {"cli", "__init__"},
     {"__main__"},
 ]

@@ -54,6 +54,7 @@ from mvssl_lightning.data.recipes import (
     CIFAR_SIZED,
     ChosenViews,
     cifar_sized_images,
+    find_normalize,
     largest_crop,
     method_default_views,
     recipe_views,
@@ -398,6 +399,18 @@ class MultiViewDataModule(L.LightningDataModule):
         if self.device_stage is None:
             return batch
         return self.device_stage(batch, rank=self.trainer.global_rank if self.trainer is not None else 0)
+
+    def data_summary(self) -> dict[str, Any]:
+        """What a checkpoint records of the pre-training data: the dataset, the view recipe, the largest crop
+        (the image size the backbone was trained at) and the evaluation transform's normalisation."""
+        summary: dict[str, Any] = {"dataset": self.dataset_name, "views": self.views_name}
+        crop = largest_crop(self.view_transform) if self.view_transform is not None else None
+        if crop is not None:
+            summary["image_size"] = int(crop)
+        normalize = find_normalize(self.eval_transform) if self.eval_transform is not None else None
+        if normalize is not None:
+            summary["mean"], summary["std"] = normalize
+        return summary
 
     @override
     def state_dict(self) -> dict[str, Any]:

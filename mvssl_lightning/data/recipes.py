@@ -163,6 +163,25 @@ def largest_crop(transform: Any, seen: Optional[set[int]] = None) -> Optional[in
     return max(sizes) if sizes else None
 
 
+def find_normalize(transform: Any, seen: Optional[set[int]] = None) -> Optional[tuple[list[float], list[float]]]:
+    """``(mean, std)`` of the first ``Normalize`` in a transform (walks as :func:`largest_crop`), or None."""
+    seen = set() if seen is None else seen
+    if id(transform) in seen:
+        return None
+    seen.add(id(transform))
+    if isinstance(transform, (T.Normalize, T2.Normalize)):
+        return [float(v) for v in transform.mean], [float(v) for v in transform.std]
+    for attr in ("transforms", "transform", "crop", "jigsaw"):
+        inner = getattr(transform, attr, None)
+        if inner is None or inspect.ismethod(inner):
+            continue
+        for t in inner if isinstance(inner, (list, tuple)) else [inner]:
+            found = find_normalize(t, seen)
+            if found is not None:
+                return found
+    return None
+
+
 def small_image_message(crop: int, sides: list[int], dataset_name: str, views_name: str) -> Optional[str]:
     """The warning for training images much smaller than the recipe's largest ``crop``, or ``None``."""
     if not sides:

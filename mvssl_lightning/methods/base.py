@@ -287,17 +287,21 @@ class SiameseModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the method class, the logger version and the random-number generators' states, so that a
         resumed run is checked against its configuration, logs into the same run directory and draws the
-        same random numbers (:mod:`mvssl_lightning.resume`)."""
+        same random numbers (:mod:`mvssl_lightning.resume`), and the data module's ``data_summary()``."""
         trainer = attached_trainer(self)
         logger = trainer.logger if trainer is not None else None
         version = getattr(logger, "version", None)
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state()
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        summary = getattr(datamodule, "data_summary", None)
         checkpoint["mvssl"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "log_version": version if isinstance(version, int) else None,
             "rng": rng,
+            # the pre-training data as evaluation and export describe it (dataset, image size, normalisation)
+            "data": summary() if callable(summary) else {},
         }
 
     @override
