@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torchvision.transforms as T
@@ -142,43 +142,38 @@ def cifar_sized_images(sides: list[int]) -> bool:
     return bool(sides) and statistics.median(sides) <= CIFAR_SIZED_MAX_SIDE
 
 
-def largest_crop(transform: Any, seen: Optional[set[int]] = None) -> Optional[int]:
-    """The largest ``RandomResizedCrop`` size in a recipe (walks ``transforms`` / ``transform`` / ``crop``)."""
-    seen = set() if seen is None else seen
-    if id(transform) in seen:
-        return None
-    seen.add(id(transform))
-    if isinstance(transform, (T.RandomResizedCrop, T2.RandomResizedCrop)):
-        size = transform.size
-        return max(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
-    sizes: list[int] = []
-    for attr in ("transforms", "transform", "crop", "jigsaw"):
-        inner = getattr(transform, attr, None)
-        if inner is None or inspect.ismethod(inner):
+def walk_transforms(transform: Any) -> Iterator[Any]:
+    """Every transform nested in ``transform`` (itself first), following ``transforms`` / ``transform`` /
+    ``crop`` / ``jigsaw``, each once."""
+    seen: set[int] = set()
+    stack = [transform]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
             continue
-        for t in inner if isinstance(inner, (list, tuple)) else [inner]:
-            size = largest_crop(t, seen)
-            if size is not None:
-                sizes.append(size)
+        seen.add(id(t))
+        yield t
+        for attr in ("jigsaw", "crop", "transform", "transforms"):  # pushed in reverse: visited in this order
+            inner = getattr(t, attr, None)
+            if inner is None or inspect.ismethod(inner):
+                continue
+            stack.extend(reversed(inner) if isinstance(inner, (list, tuple)) else [inner])
+
+
+def largest_crop(transform: Any) -> Optional[int]:
+    """The largest ``RandomResizedCrop`` size in a recipe (:func:`walk_transforms`)."""
+    sizes = [
+        max(int(v) for v in t.size) if isinstance(t.size, (list, tuple)) else int(t.size)
+        for t in walk_transforms(transform) if isinstance(t, (T.RandomResizedCrop, T2.RandomResizedCrop))
+    ]
     return max(sizes) if sizes else None
 
 
-def find_normalize(transform: Any, seen: Optional[set[int]] = None) -> Optional[tuple[list[float], list[float]]]:
-    """``(mean, std)`` of the first ``Normalize`` in a transform (walks as :func:`largest_crop`), or None."""
-    seen = set() if seen is None else seen
-    if id(transform) in seen:
-        return None
-    seen.add(id(transform))
-    if isinstance(transform, (T.Normalize, T2.Normalize)):
-        return [float(v) for v in transform.mean], [float(v) for v in transform.std]
-    for attr in ("transforms", "transform", "crop", "jigsaw"):
-        inner = getattr(transform, attr, None)
-        if inner is None or inspect.ismethod(inner):
-            continue
-        for t in inner if isinstance(inner, (list, tuple)) else [inner]:
-            found = find_normalize(t, seen)
-            if found is not None:
-                return found
+def find_normalize(transform: Any) -> Optional[tuple[list[float], list[float]]]:
+    """``(mean, std)`` of the first ``Normalize`` in a transform (:func:`walk_transforms`), or None."""
+    for t in walk_transforms(transform):
+        if isinstance(t, (T.Normalize, T2.Normalize)):
+            return [float(v) for v in t.mean], [float(v) for v in t.std]
     return None
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mvssl_lightning.export.source import ExportError, ExportSource
-from mvssl_lightning.export.to_torchvision import classifier_entries, torchvision_architecture
+from mvssl_lightning.export.to_torchvision import state_dict_with_classifier, torchvision_architecture
 
 __all__ = ["timm_architecture", "timm_state_dict", "write_timm"]
 
@@ -49,15 +49,8 @@ def timm_state_dict(source: ExportSource, num_classes: Optional[int] = None) -> 
     import timm
 
     name, kwargs = timm_architecture(source)
-    state = {k: v.detach().cpu().clone() for k, v in source.backbone.state_dict().items()}
-    if num_classes is None:
-        return state
-    if num_classes < 1:
-        raise ExportError(f"--num-classes must be >= 1, got {num_classes}")
-    torch.manual_seed(0)
-    reference = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    state.update(classifier_entries(reference, set(state), source))
-    return state
+    return state_dict_with_classifier(
+        source, num_classes, lambda n: timm.create_model(name, pretrained=False, num_classes=n, **kwargs))
 
 
 def write_timm(source: ExportSource, out: Path, num_classes: Optional[int] = None) -> Path:

@@ -17,6 +17,7 @@ counterpart: the error says which format does work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +27,10 @@ from torch import Tensor, nn
 
 from mvssl_lightning.export.source import ExportError, ExportSource
 
-__all__ = ["classifier_entries", "torchvision_architecture", "torchvision_state_dict", "write_torchvision"]
+__all__ = [
+    "classifier_entries", "state_dict_with_classifier", "torchvision_architecture", "torchvision_state_dict",
+    "write_torchvision",
+]
 
 
 def torchvision_architecture(source: ExportSource, fmt: str = "torchvision") -> str:
@@ -63,18 +67,27 @@ def classifier_entries(reference: nn.Module, backbone_keys: set[str], source: Ex
     return extra
 
 
-def torchvision_state_dict(source: ExportSource, num_classes: Optional[int] = None) -> dict[str, Tensor]:
-    """The backbone's state dict in torchvision's names (module docstring), on the CPU."""
-    name = torchvision_architecture(source)
+def state_dict_with_classifier(
+    source: ExportSource, num_classes: Optional[int], build: Callable[[int], nn.Module]
+) -> dict[str, Tensor]:
+    """The backbone's state dict on the CPU; with ``num_classes``, plus the classifier of ``build(num_classes)``
+    (a model of the target library, built under a fixed seed), or the source's trained head when it fits."""
     state = {k: v.detach().cpu().clone() for k, v in source.backbone.state_dict().items()}
     if num_classes is None:
         return state
     if num_classes < 1:
         raise ExportError(f"--num-classes must be >= 1, got {num_classes}")
     torch.manual_seed(0)
-    reference = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **source.backbone_kwargs)
-    state.update(classifier_entries(reference, set(state), source))
+    state.update(classifier_entries(build(num_classes), set(state), source))
     return state
+
+
+def torchvision_state_dict(source: ExportSource, num_classes: Optional[int] = None) -> dict[str, Tensor]:
+    """The backbone's state dict in torchvision's names (module docstring), on the CPU."""
+    name = torchvision_architecture(source)
+    return state_dict_with_classifier(
+        source, num_classes, lambda n: torchvision.models.get_model(name, weights=None, num_classes=n,
+                                                                    **source.backbone_kwargs))
 
 
 def write_torchvision(source: ExportSource, out: Path, num_classes: Optional[int] = None) -> Path:
