@@ -4,11 +4,22 @@ After ``fit`` (once training, and its last validation, are done) and after ``val
 writes ``<log_dir>/<filename>`` (``trainer.log_dir``: e.g. ``runs/eval/<name>/version_<n>``; the
 trainer's ``default_root_dir`` without a logger)::
 
-    {"stage": "fit" | "validate", "top1": ..., "top5": ...,     # val/top1 (linear) or knn/top1 (kNN)
+    {"stage": "fit" | "validate", "top1": ..., "top5": ...,     # val/top1 (linear) or knn/top1 (kNN): the last
+     "last": {"top1", "top5", "epoch", "global_step"},          # the last validation of the run
+     "best": {"top1", "top5", "epoch", "global_step"},          # the validation with the highest top-1
+     "report": "last" | "best",                                 # which of the two the protocol's paper reports
      "metrics": {every logged scalar}, "epoch": ..., "global_step": ..., "val_global_step": ...,
      "checkpoint": {"path", "sha256", "kind", "method", "backbone", "cifar_stem", ...},
      "model": "mvssl_lightning.evaluation.LinearEval", "wall_time_s": ..., "finished_at": ...,
      "config": {the resolved configuration, when run by mvssl-eval}}
+
+Best and last: the official linear-evaluation loops of MVEB (``lineval.py``, every 10 epochs), MEC
+(``main_lincls.py``, every epoch), DINO (``eval_linear.py``) and Barlow Twins (``evaluate.py``) report the best
+validation top-1 over the run; others report the last epoch. Every validation of ``fit`` (sanity checks
+excluded) updates ``best`` when its top-1 is higher (the earlier epoch wins a tie), and the record is part of
+the callback's checkpoint state, so a resumed run keeps it. ``report`` (a setting of the protocol's config)
+says which one the paper's number corresponds to; both are always written. At the end of ``fit`` process 0
+prints one line with both and the file's path.
 
 ``wall_time_s`` runs from the callback's ``setup`` (the start of ``fit`` / ``validate``) to the write;
 ``val_global_step`` is the training step at which the reported validation ran (after ``fit`` it equals
@@ -22,7 +33,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 from torch import Tensor
@@ -46,16 +57,23 @@ class EvalResultsWriter(pl.Callback):
 
     Args:
         filename: name of the JSON file.
+        report: which validation the protocol's paper reports, ``last`` or ``best`` (written as ``report``;
+            both are always recorded).
 
     ``config`` (attribute): the resolved configuration to embed; the ``mvssl-eval`` command sets it.
     ``path`` (attribute): where the last file was written.
     """
 
-    def __init__(self, filename: str = "eval_results.json") -> None:
+    def __init__(self, filename: str = "eval_results.json", report: Literal["last", "best"] = "last") -> None:
         super().__init__()
         if not filename or Path(filename).name != filename:
             raise ValueError(f"filename must be a plain file name, got {filename!r}")
+        if report not in ("last", "best"):
+            raise ValueError(f"report must be 'last' or 'best', got {report!r}")
         self.filename = filename
+        self.report = report
+        self.best: Optional[dict[str, Any]] = None
+        self.last: Optional[dict[str, Any]] = None
         self.config: Optional[dict] = None
         self.path: Optional[Path] = None
         self._start = time.perf_counter()
@@ -68,6 +86,8 @@ class EvalResultsWriter(pl.Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, pl_module, "fit")
+        if trainer.is_global_zero and self.path is not None:
+            print(self.summary_line(), flush=True)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -76,6 +96,40 @@ class EvalResultsWriter(pl.Callback):
         self._val_step = trainer.global_step
         if trainer.state.fn == "validate":
             self._write(trainer, pl_module, "validate")
+        else:
+            self._record(trainer)
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        """Update ``last`` and ``best`` with this validation's top-1 / top-5."""
+        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
+        prefix = "val" if metrics.get("val/top1") is not None else "knn"
+        top1 = metrics.get(f"{prefix}/top1")
+        if top1 is None:
+            return
+        entry = {"top1": top1, "top5": metrics.get(f"{prefix}/top5"), "epoch": trainer.current_epoch,
+                 "global_step": trainer.global_step}
+        self.last = entry
+        if self.best is None or top1 > self.best["top1"]:
+            self.best = entry
+
+    def summary_line(self) -> str:
+        """``top-1 <last> (last, epoch e), best <best> (epoch e'); paper reports: <report>; results: <path>``."""
+        def shown(entry: Optional[dict[str, Any]], label: str) -> str:
+            if entry is None:
+                return f"{label}: -"
+            top5 = f", top-5 {entry['top5']:.4f}" if entry.get("top5") is not None else ""
+            return f"{label}: top-1 {entry['top1']:.4f}{top5} (epoch {entry['epoch']})"
+
+        return (f"evaluation finished: {shown(self.last, 'last')}; {shown(self.best, 'best')}; the paper reports the "
+                f"{self.report}; results: {self.path}")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "last": self.last}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.last = state_dict.get("best"), state_dict.get("last")
 
     def results(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, Any]:
         """The dict that is written (see the module docstring)."""
@@ -87,6 +141,9 @@ class EvalResultsWriter(pl.Callback):
             "stage": stage,
             "top1": metrics.get(f"{prefix}/top1"),
             "top5": metrics.get(f"{prefix}/top5"),
+            "last": self.last if stage == "fit" else None,
+            "best": self.best if stage == "fit" else None,
+            "report": self.report,
             "metrics": dict(sorted(metrics.items())),
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
