@@ -1,52 +1,64 @@
 """GPU check: one command that measures every GPU target within a time budget, and checks itself.
 
-    python -m benchmarks.gpu_check --budget-s 540                   # on a machine with one GPU
-    python -m benchmarks.gpu_check --budget-s 540 --out DIR --logs DIR/logs   # results elsewhere
+    python -m benchmarks.gpu_check --prepare .gpu_bundle            # here, with registry access: the bundle
+    python3 -m benchmarks.gpu_check --bundle .gpu_bundle --out $OUT  # on the GPU machine (offline)
     python -m benchmarks.gpu_check --cpu-smoke --out /tmp/smoke     # every part, tiny, on the CPU (CI)
 
-Four parts run in this order, each as subprocesses with a time box (a hang or a CUDA crash ends that
-step only), and the results files are rewritten before and after every step, so a run that is killed
-keeps what finished:
+**Bootstrap** (:mod:`benchmarks.gpu_bundle`). The GPU machine has torch but not lightly or jsonargparse and
+reaches no registry. ``--prepare DIR`` (here) writes into one git-ignored folder the wheels of what its
+image lacks and a CIFAR-10 subset, under ``--max-mib`` (60) so that it travels with the tree (the device
+tool's ``carry``). ``--bundle DIR`` (there) installs from it with ``pip install --no-index --find-links
+DIR`` (pip's configuration switched off: the folder is the only source). Every run then checks, in a fresh
+interpreter, each requirement's version and the imports of the parts (the ``setup`` entry of the results);
+when that fails no part starts and the exit status is 1.
 
-a. **correctness**: ``pytest -m cuda`` (``tests/test_cuda.py`` and the CUDA test of
-   ``tests/test_device_randaugment.py``): every method's bf16 step against float32, compiled +
+Five parts run in this order, so that the numbers that matter come first, each step a subprocess with a
+time box (a hang or a CUDA crash ends that step only); the results files are rewritten before and after
+every step, so a run that is killed keeps what finished:
+
+a. **correctness**: ``pytest -m cuda`` (``tests/test_cuda.py`` and the CUDA tests of
+   ``tests/test_device_randaugment.py`` and ``tests/test_device_decode_bound.py``, the nvJPEG race of
+   pytorch/vision#9606): every method's bf16 step against float32, compiled +
    channels_last against eager, device views and batched JPEG decoding on CUDA against the CPU, the probe
    and kNN callbacks in a GPU fit;
-b. **throughput** (``benchmarks.throughput``, bf16, channels_last, few steps): every method, the bare
-   backbone and the lightly-built peers, eager, at ResNet-50 / 224 px / batch 256 and ResNet-18-CIFAR /
-   32 px / batch 512, with MVEB's multi-crop too; compiled only for the bare backbone, lightly BYOL,
-   MVEB and MEC at 32 px, then the bare backbone, lightly BYOL and MVEB at 224 px if time is left
-   (compiling a ResNet-50 can take a minute or more per graph);
-c. **view pipeline** (``benchmarks.pipeline``): images/s of the CPU path and of ``gpu_views`` at 224 px
-   (re-encoded JPEG photos) and 32 px, with the worker count;
+b. **throughput** (``benchmarks.throughput``, bf16, channels_last, eager): the bare backbone first, the
+   lightly-built peers, then every method at ResNet-50 / 224 px / batch 256 (two views, then MVEB's
+   multi-crop); then ResNet-18-CIFAR / 32 px / batch 512 (the rates the learning run is fitted to);
+c. **view pipeline** (``benchmarks.pipeline``): images/s of the CPU loader and of ``gpu_views`` at 224 px
+   (re-encoded JPEG photos of mixed sizes) and 32 px, with the worker count (persistent workers, at least
+   3 x workers x prefetch batches timed);
 d. **learning** (``benchmarks.quality``, one process per model): MVEB and MEC against lightly-built
-   SimCLR and BYOL on ``../shared/data/cifar10.npz`` (or ``--data``), batch 512, ``--gpu-views``, kNN
-   top-1 and seconds per epoch. ``--quality-epochs auto`` picks the most epochs that fit the part's box
-   from the step rates part b measured at 32 px and the pipeline rates of part c.
+   SimCLR and BYOL on the bundle's CIFAR-10 subset (or ``../shared/data/cifar10.npz``, or ``--data``), batch
+   512, ``--gpu-views``, kNN top-1 and seconds per epoch. ``--quality-epochs auto`` picks the most epochs
+   that fit the part's box from the step rates part b measured at 32 px and the pipeline rates of part c;
+e. **extras**, all optional: ViT-S/16 at 224 px, then the compiled variants (bare backbone, lightly BYOL,
+   MVEB and MEC at 32 px, then MVEB at 224 px; compiling a ResNet-50 can take a minute or more per graph).
 
 **Time boxes.** ``--budget-s`` (default 540) is split by :data:`SHARES` (seconds at 540; correctness 90,
-throughput 170, pipeline 50, learning 210; a reserve of 20 s for writing and exits). A part's box is its
-share of the time still left when it starts, so time a part leaves unused goes to the later ones; within
-a part each step gets its weighted share of the part's remaining time in the same way (an optional step
-of weight 0, the compiled 224 px throughput, gets what its part has left, if that is enough). A step that
-exceeds its box is killed (its whole process group) and recorded as ``timed out``; a step whose box is
-below its minimum is ``skipped``. Statuses: ``ok``, ``failed``, ``timed out``, ``skipped``
-(``pending`` / ``running`` in the files written while the run goes on; ``interrupted`` when a signal
-stopped the run).
+throughput 130, pipeline 80, learning 150, extras 70; a reserve of 20 s for writing and exits). A part's
+box is its share of the time still left when it starts, so time a part leaves unused goes to the later
+ones; within a part each step gets its weighted share of the part's remaining time in the same way (an
+optional step of weight 0 gets what its part has left, if that is enough). A step that exceeds its box is
+killed (its whole process group) and recorded as ``timed out``; a step whose box is below its minimum is
+``skipped``. Statuses: ``ok``, ``failed``, ``timed out``, ``skipped`` (``pending`` / ``running`` in the
+files written while the run goes on; ``interrupted`` when a signal stopped the run).
 
 **Results**: ``gpu-check-<gpu-name-slug>.json`` and ``.md`` in ``--out`` (default
-``benchmarks/results/``): the GPU, driver / CUDA / cuDNN / torch versions, the exact command, each
-part's and step's status, seconds and box, the measured numbers, and the table against the targets
-(:func:`evaluate_targets`), which is also printed at the end. The steps' own outputs and logs go to
-``--logs`` (default: a new temporary directory); the JSON keeps the last lines of every log.
+``benchmarks/results/``; on the device machine pass the folder that comes back): the GPU, driver / CUDA /
+cuDNN / torch versions, the exact command, the setup, each part's and step's status, seconds and box, the
+measured numbers, and the table against the targets (:func:`evaluate_targets`), which is also printed at
+the end. The steps' own outputs and logs go to ``--logs`` (default: a new temporary directory, never
+inside ``--out``); the JSON keeps the last lines of every log, and ``gpu-check-logs.tar.gz`` in ``--out``
+(one flat file, rewritten after every step) holds the logs' text.
 
-Exit status: 0 when every part is ``ok`` (``--cpu-smoke``: the CUDA tests ``skipped``), 1 otherwise, 2
-when there is no GPU (without ``--cpu-smoke``). No network is needed.
+Exit status: 0 when every part is ``ok`` (``--cpu-smoke``: the CUDA tests ``skipped``), 1 otherwise (or
+when the setup fails), 2 when there is no GPU (without ``--cpu-smoke``). No network is needed.
 
 ``--cpu-smoke`` runs the same parts end to end on the CPU with tiny sizes (``CUDA_VISIBLE_DEVICES`` is
 emptied for the steps, so the CUDA tests skip; one thread per process; default budget 3600 s), writes
 ``gpu-check-smoke-cpu.*`` to ``--out`` (default: a new temporary directory, never ``benchmarks/results/``)
-and is what ``tests/test_gpu_check.py`` runs, so that the GPU run keeps working on machines without one.
+and is what ``tests/test_gpu_check.py`` runs, so that the GPU run keeps working on machines without one;
+``scripts/gpu_dress_rehearsal.sh`` runs it from a bundle in a fresh virtual environment, offline.
 Only the compiled throughput steps have no CPU counterpart (compiling on the CPU takes minutes).
 """
 
@@ -54,6 +66,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
+import io
 import json
 import math
 import os
@@ -63,6 +77,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -72,18 +87,26 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script (python benchmarks/gpu_check.py): the package is beside it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import gpu_bundle  # noqa: E402 - the standard library only, like this module
+
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10.npz"
 
-PARTS = ("correctness", "throughput", "pipeline", "quality")
+PARTS = ("correctness", "throughput", "pipeline", "quality", "extras")
 TITLES = {
     "correctness": "a. CUDA correctness (pytest -m cuda)",
     "throughput": "b. training-step throughput",
     "pipeline": "c. view pipeline",
     "quality": "d. short learning run",
+    "extras": "e. extras: ViT, compiled (optional)",
 }
 #: seconds of the default budget (540 s) per part; rescaled to --budget-s
-SHARES = {"correctness": 90.0, "throughput": 170.0, "pipeline": 50.0, "quality": 210.0}
+SHARES = {"correctness": 90.0, "throughput": 130.0, "pipeline": 80.0, "quality": 150.0, "extras": 70.0}
+LOGS_ARCHIVE = "gpu-check-logs.tar.gz"
+LOGS_ARCHIVE_FILE_BYTES = 2 * 2**20  # per log file (its end); the device tool takes back 16 MiB a file
 DEFAULT_BUDGET_S = 540.0
 SMOKE_BUDGET_S = 3600.0
 RESERVE_S = 20.0  # of the default budget, kept for writing the results and the processes' exits
@@ -135,7 +158,8 @@ def plan(args: argparse.Namespace, logs: Path) -> Plan:
     junit = logs / "correctness.xml"
     p.steps["correctness"] = [Step(
         "pytest", ["-m", "pytest", "-m", "cuda", "-v", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                   "tests/test_device_randaugment.py", "tests/test_cuda.py"], min_s=10)]
+                   "tests/test_device_randaugment.py", "tests/test_device_decode_bound.py", "tests/test_cuda.py"],
+        min_s=10)]
 
     def tp(name: str, preset: str, *extra: str, weight: float, min_s: float, optional: bool = False) -> Step:
         out = logs / f"throughput-{name}"
@@ -146,22 +170,27 @@ def plan(args: argparse.Namespace, logs: Path) -> Plan:
         p.steps["throughput"] = [tp("eager-tiny", "cpu-tiny", "--compile", "eager", "--multicrop", "--methods",
                                     "mveb,er_simclr", "--peers", "lightly_simclr,lightly_byol", "--warmup", "1",
                                     "--steps", "1", weight=1, min_s=0)]
+        p.steps["extras"] = []  # compiling on the CPU takes minutes; the ViT preset is a GPU one
     else:
+        # benchmarks.throughput times the bare backbone first, then the peers, the methods, the multi-crop rows
         eager = ("--compile", "eager", "--multicrop", "--warmup", "3")
         compiled = ("--compile", "compiled", "--peers", "lightly_byol", "--warmup", "3")
         p.steps["throughput"] = [
-            tp("eager-r50", "gpu-r50", *eager, "--steps", "8", weight=0.4, min_s=30),
-            tp("eager-cifar", "gpu-cifar", *eager, "--steps", "15", weight=0.2, min_s=20),
-            tp("eager-vit", "gpu-vit", *eager, "--steps", "8", weight=0.15, min_s=25),  # ViT-S/16 at 224 px
-            tp("compiled-cifar", "gpu-cifar", *compiled, "--methods", "mveb,mec", "--steps", "15", weight=0.25,
-               min_s=40),
+            tp("eager-r50", "gpu-r50", *eager, "--steps", "8", weight=0.65, min_s=30),
+            tp("eager-cifar", "gpu-cifar", *eager, "--steps", "15", weight=0.35, min_s=20),
+        ]
+        p.steps["extras"] = [
+            tp("eager-vit", "gpu-vit", *eager, "--steps", "8", weight=0.35, min_s=25, optional=True),  # ViT-S/16
+            tp("compiled-cifar", "gpu-cifar", *compiled, "--methods", "mveb,mec", "--steps", "15", weight=0.65,
+               min_s=40, optional=True),
             tp("compiled-r50", "gpu-r50", *compiled, "--methods", "mveb", "--steps", "8", weight=0.0, min_s=60,
                optional=True),
         ]
 
     def pl(name: str, cases: str, *extra: str, weight: float, min_s: float) -> Step:
         out = logs / f"pipeline-{name}"
-        data = ["--data", str(args.data)] if args.data else []
+        npz = learning_data(args)  # --data, or the bundle's CIFAR-10 subset (no ../shared on the GPU machine)
+        data = ["--data", str(npz)] if args.data or (not smoke and npz.is_file()) else []
         return Step(name, ["-m", "benchmarks.pipeline", "--cases", cases, *data, *extra, "--out", str(out)],
                     weight=weight, min_s=min_s, out=out)
 
@@ -188,13 +217,32 @@ def plan(args: argparse.Namespace, logs: Path) -> Plan:
                 sizes = ["--smoke", "--batch-size", "4", "--train-subset", "4", "--test-subset", "8",
                          "--probe-epochs", "1"]
             else:
-                sizes = ["--data", str(args.data or SHARED_CIFAR), "--batch-size", "512",
+                sizes = ["--data", str(learning_data(args)), "--batch-size", "512",
                          "--probe-epochs", str(QUALITY_PROBE_EPOCHS), "--label", "gpu-check"]
             quality.append(Step(name, ["-m", "benchmarks.quality", *which, *sizes, "--gpu-views", "--out-dir",
                                        str(out)], weight=QUALITY_WEIGHTS[name], min_s=0 if smoke else 20, out=out,
                                 prepare=None if smoke else _quality_epochs_arg))
     p.steps["quality"] = quality
     return p
+
+
+def learning_data(args: argparse.Namespace) -> Path:
+    """The learning run's npz: ``--data``, else the bundle's CIFAR-10 subset, else ``../shared/data/cifar10.npz``."""
+    if args.data:
+        return Path(args.data)
+    bundled = Path(args.bundle) / gpu_bundle.CIFAR_SUBSET if getattr(args, "bundle", None) else None
+    return bundled if bundled is not None and bundled.is_file() else SHARED_CIFAR
+
+
+def train_images(npz: Path) -> int:
+    """Training images of a CIFAR npz (``len(y_train)``); :data:`CIFAR_TRAIN_IMAGES` when it cannot be read."""
+    try:
+        import numpy as np
+
+        with np.load(npz) as data:
+            return int(len(data["y_train"]))
+    except Exception:  # noqa: BLE001 - the epoch fit falls back to the full CIFAR-10 size
+        return CIFAR_TRAIN_IMAGES
 
 
 # ------------------------------------------------------------------------------------------------ time boxes
@@ -351,12 +399,12 @@ def collect_quality(part: dict, step: Step, result: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ learning epochs
-def quality_epochs(record: dict, box_s: float) -> Optional[int]:
+def quality_epochs(record: dict, box_s: float, images: int = CIFAR_TRAIN_IMAGES) -> Optional[int]:
     """The most epochs of all four models that fit ``box_s``, from the measured rates; None without them.
 
-    Seconds per epoch of a model: ``50,000 / min(its step rate at 32 px (part b, eager), the gpu_views
+    Seconds per epoch of a model: ``images / min(its step rate at 32 px (part b, eager), the gpu_views
     pipeline rate at 32 px for its number of views (part c))`` times :data:`QUALITY_SAFETY`; plus
-    :data:`QUALITY_OVERHEAD_S` per model.
+    :data:`QUALITY_OVERHEAD_S` per model. ``images``: the training set's size (50,000 for CIFAR-10).
     """
     tp = [r for r in _rows(record, "throughput") if r.get("size") == 32 and not r.get("compiled")]
     pipe = {r["case"]: r["device_path"]["images_per_s"] for r in _rows(record, "pipeline") if "device_path" in r}
@@ -366,7 +414,7 @@ def quality_epochs(record: dict, box_s: float) -> Optional[int]:
         if rate is None or not math.isfinite(rate) or rate <= 0:
             return None
         data_rate = pipe.get("32px-mveb_multicrop_cifar" if views > 2 else "32px-two_views_cifar", math.inf)
-        per_epoch += QUALITY_SAFETY * CIFAR_TRAIN_IMAGES / min(rate, data_rate)
+        per_epoch += QUALITY_SAFETY * images / min(rate, data_rate)
     spare = box_s - QUALITY_OVERHEAD_S * len(QUALITY_RATE_ROWS)
     return max(1, min(20, int(spare // per_epoch)))
 
@@ -377,10 +425,10 @@ def _quality_epochs_arg(step: Step, context: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ targets
 def _rows(record: dict, part: str) -> list[dict]:
-    for p in record["parts"]:
-        if p["name"] == part:
-            return p.get("results", {}).get("rows", [])
-    return []
+    """The rows of ``part``'s results; ``"throughput"``: part b's and then the extras' (same benchmark)."""
+    names = ("throughput", "extras") if part == "throughput" else (part,)
+    return [r for name in names for p in record["parts"] if p["name"] == name
+            for r in p.get("results", {}).get("rows", [])]
 
 
 def evaluate_targets(record: dict) -> list[dict]:
@@ -541,6 +589,7 @@ def markdown(record: dict) -> str:
              f"torchvision {env.get('torchvision')}, lightning {env.get('lightning')}, lightly {env.get('lightly')}, "
              f"Python {env['python']}, {env['cpu_count']} CPU cores; commit {env.get('git_commit', '')[:12]}"
              f"{' (dirty)' if env.get('git_dirty') else ''}.", "",
+             _setup_line(record.get("setup", {})), "",
              "| part | status | seconds | box (s) | steps |", "|---|---|---:|---:|---|"]
     for p in record["parts"]:
         steps = ", ".join(f"{s['name']}: {s['status']}" for s in p.get("steps", []))
@@ -591,6 +640,17 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setup_line(setup: dict) -> str:
+    status = setup.get("status", "pending")
+    line = f"Setup: {status}"
+    if "install" in setup:
+        installed = " ".join(setup["install"].get("installed", [])) or "nothing new"
+        line += f"; from the bundle `{setup.get('bundle')}`: {installed}"
+    if setup.get("problems"):
+        line += "; problems: " + "; ".join(f"`{p[:200]}`" for p in setup["problems"])
+    return line + "."
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -627,6 +687,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--quality-epochs", default="auto",
                         help="epochs of the learning run, or 'auto' (fit the box from parts b and c; default)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
+    parser.add_argument("--prepare", type=Path, default=None, metavar="DIR",
+                        help="build the offline bundle in DIR (wheels the GPU image lacks + a CIFAR-10 subset; "
+                             "needs registry access; git-ignored default .gpu_bundle) and exit")
+    parser.add_argument("--max-mib", type=float, default=gpu_bundle.DEFAULT_MAX_MIB,
+                        help="--prepare: the bundle's size limit in MiB (the CIFAR-10 subset shrinks to fit)")
+    parser.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                        help="install the bundle's wheels offline (pip --no-index --find-links DIR) before the "
+                             "environment check; its CIFAR-10 subset is the learning run's data")
     parser.add_argument("--quiet", action="store_true", help="do not echo the steps' output")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -641,7 +709,69 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("--budget-s must be positive")
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data: file not found: {args.data}")
+    if args.bundle is not None and not (args.bundle / gpu_bundle.MANIFEST).is_file():
+        parser.error(f"--bundle {args.bundle}: no {gpu_bundle.MANIFEST} there (build it with --prepare DIR)")
+    if args.prepare is not None and (args.bundle is not None or args.cpu_smoke):
+        parser.error("--prepare builds the bundle and exits: run it alone (with --data / --max-mib)")
+    if args.out is not None and args.logs is not None and _inside(args.logs, args.out):
+        parser.error(f"--logs {args.logs} is inside --out {args.out}: --out takes the results files only")
     return args
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """``--prepare DIR``: build the bundle (:func:`benchmarks.gpu_bundle.prepare`) and print what is in it."""
+    try:
+        manifest = gpu_bundle.prepare(args.prepare, data=args.data, max_mib=args.max_mib)
+    except gpu_bundle.BundleError as e:
+        print(f"gpu_check --prepare: {e}", file=sys.stderr)
+        return 1
+    data = manifest["data"]
+    print(f"wrote {args.prepare}: {len(manifest['wheels'])} wheels ({manifest['wheels_mib']:.1f} MiB: "
+          f"{', '.join(f'{n} {v}' for n, v in manifest['distributions'].items())}), "
+          + (f"CIFAR-10 subset {data['train']} train / {data['test']} test ({data['mib']:.1f} MiB)" if data
+             else "no CIFAR-10 data (none found; pass --data)")
+          + f"; {manifest['total_mib']:.1f} MiB in all, {manifest['seconds']:.0f} s")
+    return 0
+
+
+def setup_environment(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """Install the bundle (with ``--bundle``), then check the requirements' versions and the parts' imports in a
+    fresh interpreter: ``{"status", "install"?, "versions", "problems", "seconds"}``."""
+    start = time.monotonic()
+    setup: dict[str, Any] = {}
+    requirements = gpu_bundle.project_requirements()
+    if args.bundle is not None:
+        setup["bundle"] = str(args.bundle)
+        setup["install"] = gpu_bundle.install(args.bundle, log=logs / "setup-install.log")
+        if setup["install"]["status"] != "ok":
+            setup.update(status="failed", problems=["pip install from the bundle failed (install.log_tail)"],
+                         seconds=round(time.monotonic() - start, 1))
+            return setup
+    setup.update(gpu_bundle.check_environment(requirements))
+    setup["seconds"] = round(time.monotonic() - start, 1)
+    return setup
+
+
+def write_logs_archive(logs: Path, out: Path) -> Optional[Path]:
+    """``out/gpu-check-logs.tar.gz``: the text logs under ``logs`` (``*.log``, ``*.xml``, ``*.json``, ``*.md``;
+    each file's last :data:`LOGS_ARCHIVE_FILE_BYTES`), one flat file beside the results."""
+    files = sorted(f for f in logs.rglob("*") if f.is_file() and f.suffix in (".log", ".xml", ".json", ".md"))
+    if not files:
+        return None
+    path = out / LOGS_ARCHIVE
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in files:
+            data = f.read_bytes()[-LOGS_ARCHIVE_FILE_BYTES:]
+            info = tarfile.TarInfo(str(f.relative_to(logs)))
+            info.size, info.mtime = len(data), int(f.stat().st_mtime)
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+    return path
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -651,6 +781,8 @@ def _on_signal(signum: int, frame: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.prepare is not None:
+        return run_prepare(args)
     t0 = time.monotonic()
     gpu = None
     if not args.cpu_smoke:
@@ -662,6 +794,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
     out = args.out or (Path(tempfile.mkdtemp(prefix="gpu-check-smoke-")) if args.cpu_smoke else RESULTS)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="gpu-check-logs-"))
+    if _inside(logs, out):
+        print(f"gpu_check: --logs {logs} is inside the results folder {out}; pass another --logs", file=sys.stderr)
+        return 2
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("MVSSL_CUDA_TESTS_DEVICE", None)
@@ -676,6 +811,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "budget_s": args.budget_s, "shares_s": {k: v * scale for k, v in SHARES.items()},
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "finished": None, "elapsed_s": 0.0, "logs": str(logs), "environment": environment(gpu),
+        "setup": {"status": "pending"},
         "parts": [{"name": name, "title": TITLES[name], "status": "pending", "steps": []} for name in PARTS],
         "targets": [],
     }
@@ -685,7 +821,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def save() -> None:
         record["elapsed_s"] = round(time.monotonic() - t0, 1)
         write_outputs(record, out)
+        write_logs_archive(logs, out)
 
+    save()
+    record["setup"] = setup_environment(args, logs)
+    if record["setup"]["status"] != "ok":
+        for part in record["parts"]:
+            part.update(status="skipped", note="setup failed")
+        record["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        save()
+        print("gpu_check: the environment is not ready, no part was started:\n  "
+              + "\n  ".join(record["setup"].get("problems", [])), file=sys.stderr)
+        return 1
+    if "install" in record["setup"]:  # the versions of what was just installed
+        importlib.invalidate_caches()
+        record["environment"] = environment(gpu)
+    print(f"gpu_check: setup ok in {record['setup']['seconds']:.0f} s"
+          + (f" (installed from the bundle: {' '.join(record['setup']['install']['installed']) or 'nothing new'})"
+             if "install" in record["setup"] else ""), flush=True)
     save()
     context: dict[str, Any] = {}
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -714,7 +867,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save()
     paths = write_outputs(record, out)
     print("\n" + _summary(record) + f"\nwrote {paths['json']} and {paths['md']}", flush=True)
-    expected = {"correctness": "skipped"} if args.cpu_smoke else {}
+    expected = {"correctness": "skipped", "extras": "skipped"} if args.cpu_smoke else {"extras": "skipped"}
     ok = all(p["status"] in ("ok", expected.get(p["name"], "ok")) or p.get("note") == "not requested (--parts)"
              for p in record["parts"])
     return 0 if ok and not interrupted else 1
@@ -728,12 +881,12 @@ def _run_part(name: str, part: dict, steps: list[Step], args: argparse.Namespace
     part_deadline = start + part_box
     part.update(status="running", budget_s=round(part_box, 1))
     if name == "quality":
-        data = args.data or SHARED_CIFAR
+        data = learning_data(args)
         if not args.cpu_smoke and not Path(data).is_file():
-            part.update(status="skipped", note=f"no CIFAR-10 npz at {data} (pass --data)", seconds=0.0)
+            part.update(status="skipped", note=f"no CIFAR-10 npz at {data} (pass --data or --bundle)", seconds=0.0)
             save()
             return False
-        fitted = quality_epochs(record, part_box)
+        fitted = quality_epochs(record, part_box, CIFAR_TRAIN_IMAGES if args.cpu_smoke else train_images(data))
         if args.cpu_smoke:
             part["epochs_rule"] = "smoke: benchmarks.quality --smoke (1 epoch)"
         elif args.quality_epochs != "auto":
@@ -772,7 +925,7 @@ def _run_part(name: str, part: dict, steps: list[Step], args: argparse.Namespace
         elif name == "quality":
             collect_quality(part, step, result)
         else:
-            collect_rows(part, step, result, f"{name}-*.json")
+            collect_rows(part, step, result, f"{'throughput' if name == 'extras' else name}-*.json")
         entry.update(result)
         save()
         if interrupted:
@@ -787,6 +940,8 @@ def part_status(steps: list[dict]) -> str:
     """A part's status from its steps': any failed, else any timed out (or a needed step left without time),
     else ``skipped`` when every step skipped on its own (the CUDA tests without CUDA), else ``ok``."""
     statuses = [s["status"] for s in steps]
+    if not steps or all(s.get("no_time") and s.get("optional") for s in steps):
+        return "skipped"  # nothing to run here (the CPU smoke run's extras), or no time for optional steps
     if "failed" in statuses:
         return "failed"
     if "timed out" in statuses or any(s.get("no_time") and not s.get("optional") for s in steps):

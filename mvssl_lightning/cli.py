@@ -32,10 +32,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from mvssl_lightning.callbacks import RunSummary
+from mvssl_lightning.core.cli_output import error_line, metrics_table
 from mvssl_lightning.core.precision import apply_cpu_precision
-from mvssl_lightning.core.trainer_defaults import trainer_defaults
+from mvssl_lightning.core.trainer_defaults import resolve_run_settings, trainer_defaults
 from mvssl_lightning.data import MultiViewDataModule
-from mvssl_lightning.methods.base import SiameseModule
+from mvssl_lightning.methods.base import SiameseModule, ViewCountError
 from mvssl_lightning.models.timm_backbone import ViewSizeError
 from mvssl_lightning.resume import ResumeError, hparam_differences, plan_resume, resolve_class
 
@@ -101,13 +102,9 @@ class MVSSLCLI(LightningCLI):
 
     def after_validate(self) -> None:
         """Print every metric of ``mvssl validate`` once (kNN and probe are computed over both loaders)."""
-        metrics = {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items()) if v.numel() == 1}
-        if not metrics or not self.trainer.is_global_zero:
-            return
-        width = max(len(k) for k in metrics)
-        lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
-        lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in metrics.items()]
-        print("\n".join(lines))
+        table = metrics_table(self.trainer.callback_metrics)
+        if table and self.trainer.is_global_zero:
+            print(table)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -129,6 +126,8 @@ class MVSSLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         self._resume_from: Optional[str] = None
         subcommand = self.config.get("subcommand")
+        if subcommand and isinstance(self.config[subcommand].get("trainer"), Namespace):
+            resolve_run_settings(self.config[subcommand].trainer)  # default_root_dir; no logger, no LR monitor
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
         config = self.config[subcommand]
@@ -172,18 +171,24 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _run_dirs(trainer: Namespace) -> list[Path]:
-    """Where a run's checkpoints live: ``<save_dir>/<name>`` of its TensorBoard/CSV logger, else
+    """The one directory this configuration's run writes its checkpoints under (``--ckpt_path last`` looks
+    nowhere else): ``<save_dir>/<name>`` of its TensorBoard/CSV logger (``.../version_<v>`` when the logger's
+    version is set), ``<default_root_dir>/lightning_logs`` for Lightning's default logger, else
     ``<default_root_dir>`` (the ``ModelCheckpoint`` defaults)."""
     root = Path(trainer.get("default_root_dir") or ".")
     logger = trainer.get("logger")
     if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
         args = logger.init_args
-        save_dir = Path(args.get("save_dir") or root)
+        run_dir = Path(args.get("save_dir") or root)
         name = args.get("name")
         name = "lightning_logs" if name is None else name
-        return [save_dir / name if name else save_dir, root]
+        run_dir = run_dir / name if name else run_dir
+        version = args.get("version")
+        if version is not None:
+            run_dir = run_dir / (version if isinstance(version, str) else f"version_{version}")
+        return [run_dir]
     if logger is None or logger is True:
-        return [root / "lightning_logs", root]
+        return [root / "lightning_logs"]
     return [root]
 
 
@@ -200,32 +205,28 @@ def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
     )
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the ``mvssl`` console script.
 
-    A preempted run (SIGTERM / SIGUSR1) exits with ``128 + signal`` after saving a checkpoint
-    (:class:`~mvssl_lightning.callbacks.PreemptionCheckpoint`); a constructor that rejects its arguments
-    prints one line naming the problem (jsonargparse would bury it in a dump of the whole configuration)
-    and exits with 2.
+    A preempted or interrupted run (SIGTERM / SIGUSR1 / a first Ctrl-C) exits with ``128 + signal`` after saving
+    a checkpoint (:class:`~mvssl_lightning.callbacks.PreemptionCheckpoint`); a constructor that rejects its
+    arguments, a resume that does not fit the configuration and a view recipe that gives the method the wrong
+    number of views print one line (or a short list) naming the problem (jsonargparse would bury a
+    constructor's error in a dump of the whole configuration) and exit with 2
+    (:func:`~mvssl_lightning.core.cli_output.error_line`).
     """
     try:
         run_cli(args)
     except SIGTERMException as stop:
         sys.exit(stop.code if isinstance(stop.code, int) and stop.code else 143)
-    except (ResumeError, ViewSizeError) as error:
+    except (ResumeError, ViewSizeError, ViewCountError) as error:
         print(f"mvssl: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except (ValueError, TypeError) as error:
-        cause = _root_cause(error)
-        if cause is error and "Union subtypes" not in str(error):
+    except (ValueError, TypeError, OSError) as error:
+        line = error_line("mvssl", error)
+        if line is None:
             raise
-        print(f"mvssl: error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        print(line, file=sys.stderr)
         sys.exit(2)
 
 

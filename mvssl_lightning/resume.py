@@ -3,9 +3,11 @@ configuration describes, and continue in the same run directory.
 
 The ``mvssl`` command (:mod:`mvssl_lightning.cli`) calls :func:`plan_resume` for ``--ckpt_path``.  It
 
-- resolves ``last`` to the newest ``last*.ckpt`` of the run (``<save_dir>/<name>/version_*/checkpoints``
-  of the TensorBoard logger, or ``<default_root_dir>/checkpoints`` without a logger) and stops with an
-  error when there is none (Lightning would warn and train from scratch);
+- resolves ``last`` to the newest ``last*.ckpt`` of the run directory the configuration writes to, and
+  nowhere else (``<save_dir>/<name>/version_*/checkpoints`` of the TensorBoard logger, whose ``save_dir``
+  follows ``default_root_dir`` (:mod:`mvssl_lightning.core.trainer_defaults`), or
+  ``<default_root_dir>/checkpoints`` without a logger) and stops with an error naming that directory when
+  there is none (Lightning would warn and train from scratch; a newer run elsewhere is never picked);
 - loads the checkpoint (``weights_only=True``) with an error that names the file when it is missing,
   truncated or not a Lightning checkpoint of a :class:`~mvssl_lightning.methods.base.SiameseModule`;
 - refuses a checkpoint written by another method class, and refuses hyperparameters that differ from

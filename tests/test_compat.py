@@ -82,3 +82,10 @@ def test_lightningcli_still_has_the_two_internals_the_clis_rely_on():
                                                "self.before_instantiate_classes()")]
     assert order == sorted(order)
     assert "parse_object" in inspect.getsource(LightningCLI._parse_ckpt_path)
+
+
+def test_litdata_fs_provider_is_the_client_litdata_uses_for_object_storage():
+    from mvssl_lightning.core.compat import litdata_fs_provider
+
+    provider = litdata_fs_provider("s3://bucket/shards", {})
+    assert callable(getattr(provider, "download_file", None)) and callable(getattr(provider, "upload_file", None))

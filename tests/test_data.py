@@ -186,7 +186,7 @@ def test_npz_raw_arrays_and_mapping(tmp_path):
     x = smooth_images(5, size=8)
     y = np.array([4, 0, 1, 4, 2])
     np.savez(tmp_path / "raw.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
-    ds = NpzImageDataset(tmp_path / "raw.npz", "train", transform=eval_view_cifar(normalize=None))
+    ds = NpzImageDataset(tmp_path / "raw.npz", "train", transform=eval_view_cifar(normalize=None, size=8))
     assert ds.num_classes == 5 and ds.targets.dtype == np.int64
     img, label = ds[3]
     assert label == 4 and torch.equal((img * 255).round().to(torch.uint8), torch.from_numpy(x[3]).permute(2, 0, 1))

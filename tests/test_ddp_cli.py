@@ -32,8 +32,8 @@ def _fit(tmp_path: Path, max_epochs: int, *extra: str) -> subprocess.CompletedPr
 def test_ddp_fit_then_resume(tmp_path):
     first = _fit(tmp_path, 1)
     assert first.returncode == 0, first.stderr[-3000:]
-    # the quickstart's ModelCheckpoint(save_last=True) writes into the TensorBoard run folder
-    (last,) = tmp_path.glob("runs/quickstart/version_0/checkpoints/last.ckpt")
+    # the quickstart's ModelCheckpoint(save_last=True) writes into the run folder <default_root_dir>/<name>/version_<n>
+    (last,) = tmp_path.glob("quickstart/version_0/checkpoints/last.ckpt")
     state = torch.load(last, weights_only=True, map_location="cpu")
     # 48 images over 2 processes with batch 8 -> 3 optimiser steps per epoch
     assert state["global_step"] == 3 and state["epoch"] == 0
@@ -41,8 +41,8 @@ def test_ddp_fit_then_resume(tmp_path):
     second = _fit(tmp_path, 2, "--ckpt_path", str(last))
     assert second.returncode == 0, second.stderr[-3000:]
     # the resumed run continues in the same run directory (one TensorBoard run, no version_1)
-    assert sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir()) == ["version_0"]
-    (resumed_path,) = tmp_path.glob("runs/quickstart/version_0/checkpoints/last.ckpt")
+    assert sorted(p.name for p in (tmp_path / "quickstart").iterdir()) == ["version_0"]
+    (resumed_path,) = tmp_path.glob("quickstart/version_0/checkpoints/last.ckpt")
     resumed = torch.load(resumed_path, weights_only=True, map_location="cpu")
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
     # the EMA teacher moved on from the first run's state, and the probe state travelled along

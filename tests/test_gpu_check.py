@@ -17,7 +17,7 @@ import torch
 
 from benchmarks import gpu_check
 
-PARTS = ["correctness", "throughput", "pipeline", "quality"]
+PARTS = ["correctness", "throughput", "pipeline", "quality", "extras"]
 FINAL = {"ok", "failed", "timed out", "skipped", "interrupted"}
 
 
@@ -38,11 +38,12 @@ def test_cpu_smoke_runs_every_part_and_writes_the_results_after_each(tmp_path, m
     assert sorted(p.name for p in gpu_check.RESULTS.glob("gpu-check-*")) == committed  # nothing written there
 
     # the files exist from the start, and after each part they hold its final status, the later parts pending
-    assert [p["status"] for p in snapshots[0][0]["parts"]] == ["pending"] * 4
+    assert [p["status"] for p in snapshots[0][0]["parts"]] == ["pending"] * 5
+    assert snapshots[-1][0]["setup"]["status"] == "ok" and not snapshots[-1][0]["setup"]["problems"]
     for i, name in enumerate(PARTS):
         first_done = next(j for j, (rec, _) in enumerate(snapshots) if rec["parts"][i]["status"] in FINAL)
         record, md = snapshots[first_done]
-        assert [p["status"] for p in record["parts"][i + 1:]] == ["pending"] * (3 - i)
+        assert [p["status"] for p in record["parts"][i + 1:]] == ["pending"] * (4 - i)
         assert all(p["status"] in FINAL for p in record["parts"][:i + 1])
         assert gpu_check.TITLES[name] in md and "## Targets" in md
 
@@ -52,8 +53,10 @@ def test_cpu_smoke_runs_every_part_and_writes_the_results_after_each(tmp_path, m
     assert record["command"].startswith("python -m benchmarks.gpu_check --cpu-smoke")
     assert {"gpu", "torch", "cuda_build", "python", "cpu_count", "git_commit"} <= set(record["environment"])
     assert [p["name"] for p in record["parts"]] == PARTS
-    assert [p["status"] for p in record["parts"]] == ["skipped", "ok", "ok", "ok"]
-    for part in record["parts"]:
+    assert [p["status"] for p in record["parts"]] == ["skipped", "ok", "ok", "ok", "skipped"]
+    assert sorted(p.name for p in out.iterdir()) == [gpu_check.LOGS_ARCHIVE, "gpu-check-smoke-cpu.json",
+                                                     "gpu-check-smoke-cpu.md"]  # the results only
+    for part in record["parts"][:4]:
         assert part["seconds"] >= 0 and part["budget_s"] > 0 and part["steps"]
         for step in part["steps"]:
             assert {"name", "status", "seconds", "budget_s", "command", "returncode", "log_tail"} <= set(step)
@@ -130,6 +133,7 @@ def test_a_hanging_step_is_cut_at_its_box_and_the_later_parts_still_run(tmp_path
             "pipeline": [gpu_check.Step("works", ["-c", _writes(pipe_out / "pipeline-x.json", {"rows": [pipe_row]})],
                                         out=pipe_out)],
             "quality": [gpu_check.Step("crashes", ["-c", "import os; os.abort()"], out=q_out)],
+            "extras": [],
         })
 
     monkeypatch.setattr(gpu_check, "plan", fake_plan)
@@ -142,7 +146,7 @@ def test_a_hanging_step_is_cut_at_its_box_and_the_later_parts_still_run(tmp_path
     record = json.loads((out / "gpu-check-fake-gpu-9000.json").read_text())
     assert (out / "gpu-check-fake-gpu-9000.md").is_file()
     parts = {p["name"]: p for p in record["parts"]}
-    assert [parts[n]["status"] for n in PARTS] == ["failed", "timed out", "ok", "failed"]
+    assert [parts[n]["status"] for n in PARTS] == ["failed", "timed out", "ok", "failed", "skipped"]
     assert parts["correctness"]["results"]["counts"] == {"passed": 1, "failed": 1, "skipped": 0, "error": 0}
     assert parts["throughput"]["results"]["rows"][0]["images_per_s"] == 900.0  # kept from the cut step
     assert parts["throughput"]["steps"][0]["status"] == "timed out"
@@ -182,9 +186,9 @@ def test_a_crashing_step_is_failed_and_the_check_goes_on(tmp_path):
 
 def test_boxes_share_the_time_that_is_left():
     # 540 s budget, 20 s reserve: correctness gets 90 / 520 of the 520 s left
-    assert gpu_check.box(520.0, [90, 170, 50, 210]) == pytest.approx(90.0)
-    # correctness took 30 s instead of 90: throughput's share of the 490 s left is 170 / 430
-    assert gpu_check.box(490.0, [170, 50, 210]) == pytest.approx(490.0 * 170 / 430)
+    assert gpu_check.box(520.0, [90, 130, 80, 150, 70]) == pytest.approx(90.0)
+    # correctness took 30 s instead of 90: throughput's share of the 490 s left is 130 / 430
+    assert gpu_check.box(490.0, [130, 80, 150, 70]) == pytest.approx(490.0 * 130 / 430)
     assert gpu_check.box(-3.0, [1.0]) == 0.0
     # an optional step of weight 0 takes no share from those before it, and all that is left after them
     assert gpu_check.box(100.0, [0.5, 0.5, 0.0]) == pytest.approx(50.0)
@@ -201,6 +205,8 @@ def test_part_status_rules():
     assert st([{"status": "ok"}, {"status": "skipped", "no_time": True, "optional": True}]) == "ok"
     assert st([{"status": "skipped"}]) == "skipped"  # every CUDA test skipped
     assert st([{"status": "skipped", "no_time": True}]) == "timed out"
+    assert st([]) == "skipped"  # the CPU smoke run's extras
+    assert st([{"status": "skipped", "no_time": True, "optional": True}]) == "skipped"  # no time for the extras
 
 
 def _record(throughput=(), pipeline=(), quality=(), correctness="ok"):
@@ -281,16 +287,21 @@ def test_the_gpu_run_steps_are_valid_command_lines(tmp_path):
 
     args = gpu_check.parse_args(["--out", str(tmp_path), "--data", str(embedded_default_path())])
     steps = gpu_check.plan(args, tmp_path).steps
-    assert list(steps) == PARTS
+    assert sorted(steps) == sorted(PARTS)  # run in PARTS order
     (pytest_step,) = steps["correctness"]
     assert pytest_step.argv[:5] == ["-m", "pytest", "-m", "cuda", "-v"]
     assert all((gpu_check.ROOT / f).is_file() for f in pytest_step.argv if f.startswith("tests/"))
-    for step in steps["throughput"]:
+    for step in steps["throughput"] + steps["extras"]:
         ns = throughput.build_parser().parse_args(step.argv[2:])
         assert ns.preset in ("gpu-r50", "gpu-cifar", "gpu-vit") and ns.out == step.out
         assert set(ns.methods.split(",")) <= set(throughput.METHODS)
         assert set(ns.peers.split(",")) <= set(throughput.PEERS)
-    assert [s.name for s in steps["throughput"]][-1] == "compiled-r50" and steps["throughput"][-1].optional
+    # the headline rows first: ResNet-50 / 224 px eager (bare backbone, peers, methods, MVEB's multi-crop);
+    # compiled variants and the ViT last, all optional
+    assert [s.name for s in steps["throughput"]] == ["eager-r50", "eager-cifar"]
+    assert "--multicrop" in steps["throughput"][0].argv and "eager" in steps["throughput"][0].argv
+    assert [s.name for s in steps["extras"]] == ["eager-vit", "compiled-cifar", "compiled-r50"]
+    assert all(s.optional for s in steps["extras"])
     for step in steps["pipeline"]:
         ns = pipeline.build_parser().parse_args(step.argv[2:])
         assert ns.preset == "gpu" and set(ns.cases.split(",")) <= set(pipeline.CASES)
@@ -310,3 +321,101 @@ def test_runs_as_a_script_too(tmp_path):
     result = gpu_check.run_command([str(gpu_check.ROOT / "benchmarks" / "gpu_check.py"), "--help"], 120.0,
                                    tmp_path / "help.log", echo=False)
     assert result["status"] == "ok" and "--budget-s" in result["log_tail"]
+
+
+# ------------------------------------------------------------------------------------------------ the bundle
+from benchmarks import gpu_bundle  # noqa: E402
+
+
+def test_the_bundle_carries_what_the_image_lacks_and_nothing_it_has():
+    reqs = gpu_bundle.project_requirements()
+    missing = gpu_bundle.missing_distributions(reqs)
+    # the image has no lightly, jsonargparse (nor its signatures extra) or litdata; hydra-core and its
+    # parser runtime come with lightly
+    assert {"lightly", "jsonargparse", "docstring-parser", "typeshed-client", "hydra-core", "omegaconf",
+            "antlr4-python3-runtime"} <= set(missing)
+    assert "timm" in missing  # its version there is not recorded: carried, installed only if needed
+    for has in ("torch", "torchvision", "lightning", "numpy", "pillow", "tensorboard", "safetensors", "pyyaml"):
+        assert has not in missing
+    from importlib.metadata import version
+
+    assert missing["lightly"] == version("lightly")  # the version this project runs with here
+    # an image version outside the requirement is carried too
+    old_torch = gpu_bundle.missing_distributions(["torch>=2.4"], image_versions={"torch": "2.1.0"})
+    assert old_torch == {"torch": version("torch")}
+    assert gpu_bundle.missing_distributions(["torch>=2.4"], image_versions={"torch": "2.11.0"}) == {}
+    with pytest.raises(gpu_bundle.BundleError, match="not installed here"):
+        gpu_bundle.missing_distributions(["surely-not-a-distribution-of-this-env>=1"])
+
+
+def test_the_cifar_subset_is_stratified_and_keeps_the_files_byte_for_byte(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 60), ("test", 30)):
+        lengths = rng.integers(5, 20, n)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        arrays.update({f"jpeg_{split}": rng.integers(0, 256, offsets[-1], dtype=np.uint8),
+                       f"offsets_{split}": offsets, f"y_{split}": np.arange(n) % 3})
+    src = tmp_path / "src.npz"
+    np.savez(src, class_names=np.array(["a", "b", "c"]), **arrays)
+    sizes = gpu_bundle.subset_npz(src, tmp_path / "sub.npz", n_train=13, n_test=6)
+    assert sizes == {"train": 13, "test": 6}
+    sub = np.load(tmp_path / "sub.npz")
+    assert list(sub["class_names"]) == ["a", "b", "c"]
+    assert sorted(np.bincount(sub["y_train"])) == [4, 4, 5] and list(np.bincount(sub["y_test"])) == [2, 2, 2]
+    for split in ("train", "test"):
+        files = {bytes(arrays[f"jpeg_{split}"][a:b]): int(y) for a, b, y in
+                 zip(arrays[f"offsets_{split}"][:-1], arrays[f"offsets_{split}"][1:], arrays[f"y_{split}"])}
+        off = sub[f"offsets_{split}"]
+        for i, y in enumerate(sub[f"y_{split}"]):
+            assert files[bytes(sub[f"jpeg_{split}"][off[i]:off[i + 1]])] == y  # an original file, its label
+
+
+def test_install_uses_the_bundle_alone():
+    env = gpu_bundle.isolated_pip_env({"PIP_FIND_LINKS": "/opt/wheels", "PIP_INDEX_URL": "x", "HOME": "/h"})
+    assert env["PIP_CONFIG_FILE"] == os.devnull and env["HOME"] == "/h"
+    assert "PIP_FIND_LINKS" not in env and "PIP_INDEX_URL" not in env
+
+
+def test_a_failed_setup_starts_no_part(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_bundle, "check_environment", lambda reqs: {
+        "status": "failed", "versions": {}, "problems": ["import lightly: ModuleNotFoundError: No module named 'lightly'"]})
+    monkeypatch.setattr(gpu_check, "_run_part", lambda *a, **k: pytest.fail("a part started"))
+    out = tmp_path / "out"
+    assert gpu_check.main(["--cpu-smoke", "--out", str(out), "--logs", str(tmp_path / "logs"), "--quiet"]) == 1
+    assert "No module named 'lightly'" in capsys.readouterr().err
+    record = json.loads((out / "gpu-check-smoke-cpu.json").read_text())
+    assert record["setup"]["status"] == "failed" and all(p["status"] == "skipped" for p in record["parts"])
+    assert "lightly" in (out / "gpu-check-smoke-cpu.md").read_text()
+
+
+def test_logs_never_go_inside_the_results_folder(tmp_path):
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--cpu-smoke", "--out", str(tmp_path), "--logs", str(tmp_path / "logs")])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--bundle", str(tmp_path)])  # not a bundle: no bundle.json
+
+
+BUNDLE = os.environ.get("MVSSL_GPU_BUNDLE", str(gpu_check.ROOT / ".gpu_bundle"))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(BUNDLE, gpu_bundle.MANIFEST)),
+                    reason="no bundle: build it with `python -m benchmarks.gpu_check --prepare .gpu_bundle` "
+                           "(or set MVSSL_GPU_BUNDLE)")
+def test_dress_rehearsal_from_the_bundle_in_a_fresh_environment(tmp_path):
+    # scripts/gpu_dress_rehearsal.sh: a fresh venv holding only a stand-in of the GPU image, the rest installed
+    # offline from the bundle, then the CPU smoke run; about 3 minutes on 2 cores
+    import subprocess
+
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(gpu_check.ROOT / "scripts" / "gpu_dress_rehearsal.sh"), BUNDLE, str(out),
+                           "--quiet"], cwd=gpu_check.ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [gpu_check.LOGS_ARCHIVE, "gpu-check-smoke-cpu.json",
+                                                     "gpu-check-smoke-cpu.md"]
+    record = json.loads((out / "gpu-check-smoke-cpu.json").read_text())
+    installed = " ".join(record["setup"]["install"]["installed"])
+    assert record["setup"]["status"] == "ok" and "lightly-" in installed and "jsonargparse-" in installed
+    assert [p["status"] for p in record["parts"]] == ["skipped", "ok", "ok", "ok", "skipped"]

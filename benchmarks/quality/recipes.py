@@ -159,7 +159,7 @@ def build_method(name: str, budget: Budget, seed: int = 0) -> tuple[SiameseModul
     views = cfg["data"]["views"]
     if isinstance(views, str) and views not in VIEW_RECIPES and cfg["data"].get("eval_transform") is None:
         normalize = (cfg["data"].get("view_kwargs") or {}).get("normalize", IMAGENET_NORMALIZE)
-        datamodule.eval_transform = eval_view_cifar(normalize=normalize)
+        datamodule.eval_transform = eval_view_cifar(normalize=normalize, size=budget.image_size)
     args = recipe_args(cfg["model"])
     info = {
         "config": f"configs/{METHOD_CONFIGS[name]}",
@@ -187,7 +187,8 @@ def baseline_datamodule(
     """lightly's CIFAR-10 benchmark views at ``image_size`` px, eval = ToTensor + ImageNet normalisation."""
     views = SimCLRTransform(input_size=image_size, cj_strength=0.5, gaussian_blur=0.0)
     return MultiViewDataModule(
-        dataset=dataset, data_dir=data_dir, views=views, eval_transform=eval_view_cifar(normalize=IMAGENET_NORMALIZE),
+        dataset=dataset, data_dir=data_dir, views=views,
+        eval_transform=eval_view_cifar(normalize=IMAGENET_NORMALIZE, size=image_size),
         batch_size=batch_size, num_workers=num_workers, train_subset=train_subset, test_subset=test_subset,
     )
 

@@ -22,8 +22,10 @@ across subset sizes.
 **The two views of alignment** are the first two (the global crops) of the datamodule's *training*
 recipe (``trainer.datamodule.view_transform``), applied to the subset's images read untransformed from
 the validation dataset (a dataset with a ``transform`` attribute applied in ``__getitem__``, e.g.
-torchvision's and this library's, possibly inside ``torch.utils.data.Subset``: the dataset is shallow
-copied with ``transform = None``, :mod:`mvssl_lightning.data.inspection`). Sample ``i``'s views are
+torchvision's and this library's, possibly inside ``torch.utils.data.Subset``: a shallow copy of it is
+read with ``transform = None``, :mod:`mvssl_lightning.data.inspection`; the dataset itself is never
+changed, and one whose copy cannot be read so, e.g. a ``__getitem__`` that always calls ``self.transform``,
+gets no alignment, with one info message). Sample ``i``'s views are
 drawn under the seed ``(seed, index)``, with the global torch (CPU), NumPy and ``random`` states
 restored afterwards, so they are the same at every epoch and on any number of processes, and attaching
 the callback changes nothing in the run. Without a view recipe or untransformed images, alignment is
@@ -61,10 +63,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from mvssl_lightning.core.features import all_gather_cat, eval_mode, param_dtype
+from mvssl_lightning.core.features import all_gather_cat, checked_features, eval_mode, param_dtype
 from mvssl_lightning.core.plotting import plot_diagnostics
 from mvssl_lightning.core.statistics import (
     COLLAPSE_RANK,
@@ -88,6 +90,11 @@ FAST_DEV_RUN_SAMPLES = 32
 class RepresentationCollapseWarning(UserWarning):
     """The representation collapsed (RankMe or spread below the callback's thresholds)."""
 
+
+def _base(dataset: Dataset) -> Dataset:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
 
 @dataclass
 class _Inputs:
@@ -244,7 +251,15 @@ class RepresentationDiagnostics(pl.Callback):
                 ys.append(int(item[1]))
                 if with_views:
                     assert raw_reader is not None and view_transform is not None
-                    views = view_transform(raw_reader(i)[0])
+                    try:  # a copy of the dataset with transform = None; the user's dataset is never changed
+                        views = view_transform(raw_reader(i)[0])
+                    except Exception as error:  # e.g. a __getitem__ that always calls self.transform
+                        self._warn_once(
+                            "views", f"validation dataset {self.dataloader_idx} ({type(_base(dataset)).__name__}) "
+                            f"gives no untransformed images (reading a copy with transform = None raised "
+                            f"{type(error).__name__}: {error}); alignment is not computed.", info=True)
+                        with_views = False
+                        continue
                     if not isinstance(views, Sequence) or len(views) < 2 or not all(
                         isinstance(v, Tensor) for v in views[:2]
                     ):
@@ -279,7 +294,7 @@ class RepresentationDiagnostics(pl.Callback):
         with eval_mode(pl_module):
             for chunk in x.split(self.batch_size):
                 chunk = chunk.to(pl_module.device, dtype=dtype if chunk.is_floating_point() else None)
-                h = pl_module(chunk)
+                h = checked_features(pl_module(chunk), pl_module)
                 hs.append(h.flatten(start_dim=1).float())
                 if projector is not None:
                     ps.append(projector(h).flatten(start_dim=1).float())

@@ -41,8 +41,13 @@ def feature_std(features: Tensor) -> float:
     (``std_sqrt_d`` of :mod:`mvssl_lightning.core.statistics`); NaN for a single row."""
     if features.shape[0] < 2:
         return math.nan  # what the unbiased std of one row gives
+    return float(_feature_std(features))
+
+
+def _feature_std(features: Tensor) -> Tensor:
+    """:func:`feature_std` as a tensor where the features are (no host sync); at least 2 rows."""
     sigma = dimension_std(features, dtype=torch.float32)
-    return float(sigma.mean() * math.sqrt(sigma.shape[0]))
+    return sigma.mean() * math.sqrt(sigma.shape[0])
 
 
 class TrainingHealth(pl.Callback):
@@ -81,8 +86,13 @@ class TrainingHealth(pl.Callback):
     @staticmethod
     def parameter_norm(pl_module: pl.LightningModule) -> float:
         """L2 norm of all trainable parameters (float64 accumulation)."""
+        norm = TrainingHealth._parameter_norm(pl_module)
+        return float(norm) if norm is not None else 0.0
+
+    @staticmethod
+    def _parameter_norm(pl_module: pl.LightningModule) -> Optional[Tensor]:
         squares = [p.detach().double().pow(2).sum() for p in pl_module.parameters() if p.requires_grad]
-        return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        return torch.stack(squares).sum().sqrt() if squares else None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -96,19 +106,30 @@ class TrainingHealth(pl.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps:
             return
+        # both values logged as tensors and read on the host together: one host sync per check
+        values: dict[str, Tensor] = {}
         if self.max_param_norm_ratio is not None and self._initial_norm:
-            ratio = self.parameter_norm(pl_module) / self._initial_norm
-            pl_module.log("health/param_norm_ratio", ratio, on_step=True, on_epoch=False)
+            norm = self._parameter_norm(pl_module)
+            if norm is not None:
+                values["health/param_norm_ratio"] = norm / self._initial_norm
+        features = outputs.get("features") if isinstance(outputs, dict) else None
+        if self.min_feature_std is not None and isinstance(features, Tensor) and features.shape[0] > 1:
+            values["health/feature_std"] = _feature_std(features)
+        if not values:
+            return
+        for name, value in values.items():
+            pl_module.log(name, value.float(), on_step=True, on_epoch=False)
+        numbers = dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
+        ratio = numbers.get("health/param_norm_ratio")
+        if ratio is not None and self.max_param_norm_ratio is not None:
             if not math.isfinite(ratio) or ratio > self.max_param_norm_ratio:
                 self._report(
                     trainer, "divergence",
                     f"the parameter norm is {ratio:.3g}x its initial value at global step {step} (limit "
                     f"{self.max_param_norm_ratio:g}): the run is diverging; lower the learning rate",
                 )
-        features = outputs.get("features") if isinstance(outputs, dict) else None
-        if self.min_feature_std is not None and isinstance(features, Tensor) and features.shape[0] > 1:
-            spread = feature_std(features)
-            pl_module.log("health/feature_std", spread, on_step=True, on_epoch=False)
+        spread = numbers.get("health/feature_std")
+        if spread is not None and self.min_feature_std is not None:
             if step >= self.min_step and (not math.isfinite(spread) or spread < self.min_feature_std):
                 self._report(
                     trainer, "collapse",

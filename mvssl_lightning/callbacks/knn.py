@@ -7,23 +7,33 @@ The bank is the validation loader ``bank_dataloader_idx`` (our datamodule: the t
 eval transform), the queries are loader ``query_dataloader_idx`` (the test set). Under DDP the bank is
 gathered so every process searches the full bank; each process classifies its own queries and the
 correct counts are summed over processes.
+
+Memory at scale (ImageNet: 1.28M x 2048 features, 10 GB in float32): the bank is kept as the batches it
+came in (normalised, labelled rows only, cut at ``max_bank_size``), in ``bank_dtype``; on one process it is
+searched as it is, with no concatenated copy, by the chunked top-k of
+:func:`~mvssl_lightning.core.knn.knn_classify` (temporaries of at most ``CHUNK_ELEMENTS`` elements). Under
+DDP the local batches are concatenated once and gathered. ``benchmarks/knn_memory.py`` measures the peak.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, cast
+from typing import Any, Literal, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from mvssl_lightning.core.features import all_gather_cat, check_labels, features_and_targets
 from mvssl_lightning.core.knn import knn_classify
 
-__all__ = ["OnlineKNN"]
+__all__ = ["BankDtype", "OnlineKNN"]
+
+#: precision of the stored kNN bank
+BankDtype = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 class OnlineKNN(pl.Callback):
     """Weighted kNN accuracy of the features (Wu et al. 2018), computed at each validation epoch end.
@@ -37,19 +47,24 @@ class OnlineKNN(pl.Callback):
         query_dataloader_idx: validation loader providing the queries (labels ``-1`` are not scored).
         log_prefix: prefix of the logged names ``{prefix}/top1`` and ``{prefix}/top5`` (top-5 only
             if ``num_classes >= 5``); accuracies are fractions in ``[0, 1]``.
-        max_bank_size: keep at most this many bank samples (the first ones in loader order, split
-            evenly over processes); None keeps all. ``MultiViewDataModule``'s eval loaders come in a
+        max_bank_size: keep at most this many labelled bank samples (the first ones in loader order,
+            split evenly over processes); None keeps all. ``MultiViewDataModule``'s eval loaders come in a
             fixed random order, so the first ones are a random sample; with your own loaders, make
             sure a prefix is not a single class.
+        bank_dtype: precision in which the bank is held: ``"float32"`` (default, exact), or
+            ``"bfloat16"`` / ``"float16"`` (half the memory; the normalised features are rounded to 8 / 11
+            significant bits, so near-ties between neighbours can change order: an explicit trade). The
+            similarities are computed in float32 either way.
 
     A bank that holds fewer classes than the queries (e.g. ``limit_val_batches`` on a dataset sorted by
     class) gets a warning naming both counts: its accuracy cannot be trusted.
 
     Features come from ``validation_step``'s ``{"features": ...}`` output, or from ``pl_module(x)``
     under ``torch.no_grad()`` for a module whose ``validation_step`` returns something else. They are
-    L2-normalised and kept in float32 on the module's device until the epoch ends (every process
-    holds the full gathered bank: ``N x D x 4`` bytes), then freed. Sanity-check validation is
-    skipped: it sees only a few batches, and Lightning discards what is logged there.
+    L2-normalised and kept in ``bank_dtype`` on the module's device until the epoch ends (every process
+    holds the full gathered bank: ``N x D x 4`` bytes in float32, 2 in the half types; one process holds
+    no second copy), then freed. Sanity-check validation is skipped: it sees only a few batches, and
+    Lightning discards what is logged there.
     """
 
     def __init__(
@@ -61,6 +76,7 @@ class OnlineKNN(pl.Callback):
         query_dataloader_idx: int = 1,
         log_prefix: str = "knn",
         max_bank_size: Optional[int] = None,
+        bank_dtype: BankDtype = "float32",
     ) -> None:
         super().__init__()
         if k < 1:
@@ -69,6 +85,8 @@ class OnlineKNN(pl.Callback):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if max_bank_size is not None and max_bank_size < 1:
             raise ValueError(f"max_bank_size must be >= 1 or None, got {max_bank_size}")
+        if bank_dtype not in _DTYPES:
+            raise ValueError(f"bank_dtype must be one of {', '.join(_DTYPES)}, got {bank_dtype!r}")
         self.k = int(k)
         self.temperature = float(temperature)
         self.num_classes = num_classes
@@ -76,16 +94,23 @@ class OnlineKNN(pl.Callback):
         self.query_dataloader_idx = query_dataloader_idx
         self.log_prefix = log_prefix
         self.max_bank_size = max_bank_size
+        self.bank_dtype = bank_dtype
         self._bank: list[tuple[Tensor, Tensor]] = []
         self._queries: list[tuple[Tensor, Tensor]] = []
         self._bank_count = 0
         self._warned = False
         self._dataset_classes: Optional[int] = None
         self._warned_classes: set[str] = set()
+        self._off = False  # the data module says its data have no labels
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        self._off = getattr(datamodule, "has_labels", None) is False
+        if self._off:
+            rank_zero_info("OnlineKNN: off: the data module's data have no labels (every label is -1), so there "
+                           "is no labelled bank to classify with")
+        classes = getattr(datamodule, "num_classes", None)
         self._dataset_classes = int(classes) if isinstance(classes, int) and classes > 0 else None
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -94,9 +119,9 @@ class OnlineKNN(pl.Callback):
             self._warned_classes.add(key)
 
     # ------------------------------------------------------------------ computation
-    def predict(self, queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int) -> Tensor:
-        """Class ranking ``(Q, num_classes)`` (best first) of ``queries`` against the bank
-        (:func:`~mvssl_lightning.core.knn.knn_classify` with this callback's ``k`` and ``temperature``)."""
+    def predict(self, queries: Tensor, bank: Any, bank_labels: Tensor, num_classes: int) -> Tensor:
+        """Class ranking ``(Q, num_classes)`` (best first) of ``queries`` against the bank (``(N, D)`` or a list
+        of pieces; :func:`~mvssl_lightning.core.knn.knn_classify` with this callback's ``k`` and ``temperature``)."""
         return knn_classify(queries, bank, bank_labels, num_classes, self.k, self.temperature)
 
     # ------------------------------------------------------------------ hooks
@@ -114,29 +139,35 @@ class OnlineKNN(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self._off:
             return
         is_bank = dataloader_idx == self.bank_dataloader_idx
         is_query = dataloader_idx == self.query_dataloader_idx
         if not (is_bank or is_query):
             return
-        if is_bank and not is_query and self.max_bank_size is not None:
+        local_cap = None
+        if self.max_bank_size is not None:
             local_cap = -(-self.max_bank_size // max(trainer.world_size, 1))
-            if self._bank_count >= local_cap:
+            if is_bank and not is_query and self._bank_count >= local_cap:
                 return
         f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             return
-        item = (F.normalize(f, dim=1), y)  # f is float32 (features_and_targets): bf16 would lose the ranking
-        if is_bank:
-            self._bank.append(item)
-            self._bank_count += f.shape[0]
+        f = F.normalize(f, dim=1)  # f is float32 (features_and_targets)
         if is_query:
-            self._queries.append(item)
+            self._queries.append((f, y))
+        if is_bank:
+            keep = y != -1  # unknown labels never vote (other negatives reach check_labels' error)
+            bf, by = f[keep], y[keep]
+            if local_cap is not None:
+                bf, by = bf[: local_cap - self._bank_count], by[: local_cap - self._bank_count]
+            # kept also when empty: under DDP every process must reach the gather
+            self._bank.append((bf.to(_DTYPES[self.bank_dtype]), by))
+            self._bank_count += bf.shape[0]
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self._off:
             return
         try:
             self._evaluate(trainer, pl_module)
@@ -152,14 +183,16 @@ class OnlineKNN(pl.Callback):
                 )
                 self._warned = True
             return
-        bank = torch.cat([f for f, _ in self._bank])
         bank_y = torch.cat([y for _, y in self._bank])
-        bank, bank_y = all_gather_cat(trainer, pl_module, bank, bank_y)
-        keep = bank_y >= 0
-        bank, bank_y = bank[keep], bank_y[keep]
-        if self.max_bank_size is not None:
-            bank, bank_y = bank[: self.max_bank_size], bank_y[: self.max_bank_size]
-        if bank.shape[0] == 0:
+        bank: Any = [f for f, _ in self._bank]  # one process: searched in its pieces, never concatenated
+        if trainer.world_size > 1:
+            local = torch.cat(bank)
+            self._bank, bank = [], None  # the pieces go before the gathered copy comes
+            bank, bank_y = all_gather_cat(trainer, pl_module, local, bank_y)
+            del local
+            if self.max_bank_size is not None:
+                bank, bank_y = bank[: self.max_bank_size], bank_y[: self.max_bank_size]
+        if bank_y.shape[0] == 0:
             rank_zero_warn("OnlineKNN: the bank has no labelled samples; kNN accuracy is not computed.")
             return
         queries = torch.cat([f for f, _ in self._queries])

@@ -10,7 +10,7 @@ What is computed, per training batch:
 * features ``f (B, D)``: ``outputs["features"]`` of ``training_step`` (the detached backbone features
   of the first view, see the method contract), or ``pl_module(x)`` under ``torch.no_grad()`` for a
   module that returns only a loss; then ``(f, y)`` of all processes are gathered (without gradients)
-  and samples with ``y == -1`` are dropped;
+  and samples with ``y == -1`` are dropped (one host read per step: the labelled count);
 * ``logits = W BN(f) + b`` with ``BN`` an optional ``BatchNorm1d(affine=False)`` (as the MAE / MEC
   linear probes), in float32 with autocast disabled;
 * one step of the probe's own optimiser on ``cross_entropy(logits, y)``.
@@ -37,7 +37,7 @@ from typing import Any, Literal, Optional, cast
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
@@ -120,6 +120,7 @@ class OnlineLinearProbe(pl.Callback):
         self._val_batches = 0
         self._warned_no_eval = False
         self._warned_no_targets = False
+        self._off = False  # the data module says its data have no labels
 
     # ------------------------------------------------------------------ public helpers
     @override
@@ -203,7 +204,13 @@ class OnlineLinearProbe(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         feat_dim = getattr(pl_module, "feat_dim", None)
         self._expected_feat_dim = int(feat_dim) if isinstance(feat_dim, int) else None
-        classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        self._off = getattr(datamodule, "has_labels", None) is False
+        if self._off:
+            rank_zero_info("OnlineLinearProbe: off: the data module's data have no labels (every label is -1), "
+                           "so there is nothing to train the probe on")
+            return
+        classes = getattr(datamodule, "num_classes", None)
         if isinstance(classes, int) and classes > 0 and classes != self.num_classes:
             raise ValueError(
                 f"OnlineLinearProbe(num_classes={self.num_classes}), but the data module's dataset has "
@@ -214,6 +221,8 @@ class OnlineLinearProbe(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._off:
+            return
         f, y = features_and_targets(outputs, batch, pl_module)
         if f is None or y is None:
             if not self._warned_no_targets:
@@ -224,12 +233,17 @@ class OnlineLinearProbe(pl.Callback):
                 self._warned_no_targets = True
             return
         f, y = all_gather_cat(trainer, pl_module, f, y)  # the global batch, identical on all ranks
-        check_labels(y, self.num_classes, "OnlineLinearProbe")
         keep = y >= 0
-        n = int(keep.sum())
+        # one host read per step: the labelled count (whether to step) and the out-of-range count
+        n, out_of_range = torch.stack([keep.sum(), ((y < -1) | (y >= self.num_classes)).sum()]).tolist()
+        if out_of_range:
+            check_labels(y, self.num_classes, "OnlineLinearProbe")  # raises, naming the labels
         if n == 0 or (self.feature_bn and n < 2):
             return
-        f, y = f[keep], y[keep]
+        if n < y.shape[0]:
+            # the labelled rows in order, as f[keep] but without a boolean mask (its own host sync)
+            rows = torch.argsort((~keep).to(torch.uint8), stable=True)[:n]
+            f, y = f.index_select(0, rows), y.index_select(0, rows)
         head = self._ensure_head(f.shape[1], f.device)
         assert self._optimizer is not None
         head.train()

@@ -12,6 +12,9 @@ training run.
   exactly (Lightning restores its own loops, not a sampler's position).
 * :func:`is_compiled`: ``nn.Module._compiled_call_impl`` (torch), set by ``nn.Module.compile()``, the
   in-place compile that keeps parameter names (``torch.compile(module)`` wraps and renames them).
+* :func:`litdata_fs_provider`: ``litdata.streaming.fs_provider._get_fs_provider`` (LitData), the object-store
+  client LitData reads and writes shards with, so that our metadata file next to the shards follows the
+  same credentials rules.
 
 One more internal is worked around, not called: LightningCLI's ``_parse_ckpt_path`` step, which runs
 between the public ``parse_arguments`` and ``before_instantiate_classes`` hooks and would replace the
@@ -25,7 +28,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-__all__ = ["attached_trainer", "batches_done", "is_compiled", "load_train_dataloader"]
+__all__ = ["attached_trainer", "batches_done", "is_compiled", "litdata_fs_provider", "load_train_dataloader"]
 
 
 def attached_trainer(module: Any) -> Optional[Any]:
@@ -52,3 +55,11 @@ def batches_done(trainer: Any) -> int:
 def is_compiled(module: nn.Module) -> bool:
     """Whether ``module.compile()`` was called on this module."""
     return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def litdata_fs_provider(path: str, storage_options: Optional[dict] = None) -> Any:
+    """LitData's file-system provider of an object-store URI (``s3://``, ``gs://``, ``r2://``): the client it
+    reads and writes shards with. LitData has no public name for it."""
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    return _get_fs_provider(path, storage_options)

@@ -57,7 +57,18 @@ def forward_features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
     if dtype is not None and x.is_floating_point():
         x = x.to(dtype)
     with eval_mode(pl_module):
-        return pl_module(x)
+        return checked_features(pl_module(x), pl_module)
+
+
+def checked_features(out: Any, pl_module: pl.LightningModule) -> Tensor:
+    """``out`` of ``pl_module(x)`` when it is a tensor, else a one-line ``TypeError`` naming what is expected."""
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"{type(pl_module).__name__}.forward(x) returned a {type(out).__name__}, but the probe, kNN and "
+            f"diagnostics read forward(x) -> Tensor (B, D) features (or training_step / validation_step returning "
+            f"{{'features': Tensor}}): make forward return the features tensor"
+        )
+    return out
 
 
 def features_and_targets(

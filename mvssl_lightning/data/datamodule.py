@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import lightning as L
 import torch
@@ -41,7 +41,10 @@ from typing_extensions import override
 from mvssl_lightning.core.compat import batches_done
 from mvssl_lightning.data.datasets import (
     DATASET_NAMES,
+    FOLDER_LABELS,
     DatasetName,
+    FolderLabels,
+    MissingSplit,
     Split,
     WithSources,
     build_dataset,
@@ -62,6 +65,9 @@ from mvssl_lightning.data.recipes import (
     shorter_sides,
     small_image_message,
 )
+
+if TYPE_CHECKING:  # imported when a run reads shards (LitData takes a while to import)
+    from mvssl_lightning.data.shards import ShardLoader
 
 __all__ = ["MultiViewDataModule", "multiview_collate"]
 
@@ -109,8 +115,21 @@ class MultiViewDataModule(L.LightningDataModule):
     Args:
         dataset: ``"default"`` (embedded CIFAR-10 subset, 5000 train / 1000 test, offline),
             ``"cifar10"``, ``"cifar100"``, ``"stl10"`` (train+unlabeled for training), ``"imagefolder"``
-            (``data_dir/train``, ``data_dir/val``) or ``"npz"`` (``data_dir`` is the file).
-        data_dir: directory (or npz file) of the dataset; ignored for ``"default"``.
+            (class folders ``data_dir/train/<class>``, ``data_dir/val/<class>``, or unlabelled images at any
+            depth, see ``labels``), ``"npz"`` (``data_dir`` is the file) or ``"filelist"`` (``data_dir`` is a
+            CSV or text file of image paths with optional labels and splits,
+            :class:`~mvssl_lightning.data.files.FileList`) or ``"litdata"`` (LitData shards written by
+            ``mvssl-data optimize``; ``data_dir`` is their directory or object-store URI, streamed with
+            LitData's ``StreamingDataLoader``; :mod:`mvssl_lightning.data.shards`).
+        data_dir: directory, file or URI of the dataset; ignored for ``"default"``.
+        labels: how an image folder is labelled: ``"folders"`` (the class folders of ``train/``),
+            ``"none"`` (unlabelled, any depth: ``data_dir/train`` and ``data_dir/val`` when ``train/``
+            exists, else every image under ``data_dir`` and no evaluation split) or ``"auto"``
+            (``folders`` when ``data_dir/train`` exists, else ``none``). Without labels the online probe and
+            kNN say once that they are off; without an evaluation split there is no validation.
+        class_list: keep only these classes of an image folder or a list file with class names: a file of
+            class names (folder names, WordNet ids), or ``"imagenet100"`` (CMC's ImageNet-100 list, shipped
+            with the package); labels follow the sorted list in every split.
         views: ``"auto"`` (the recipe of the method being trained: its ``default_views``, with the
             ``_cifar`` variant on CIFAR / CIFAR-100 and on npz or folder images whose median shorter side is
             at most 64 px; chosen in ``setup``, so switching
@@ -157,6 +176,8 @@ class MultiViewDataModule(L.LightningDataModule):
         self,
         dataset: DatasetName = "default",
         data_dir: Optional[str] = None,
+        labels: FolderLabels = "auto",
+        class_list: Optional[str] = None,
         views: Union[str, Callable] = "mveb_multicrop_cifar",
         view_kwargs: Optional[dict] = None,
         eval_transform: Optional[Callable] = None,
@@ -185,7 +206,13 @@ class MultiViewDataModule(L.LightningDataModule):
         _check_int("test_subset", test_subset, 1)
         if decode not in DECODE_CHOICES:  # LightningCLI validates the Literal; this is for Python callers
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
+        if labels not in FOLDER_LABELS:
+            raise ValueError(f"labels must be one of {FOLDER_LABELS}, got {labels!r}")
+        if class_list is not None and self.dataset_name not in ("imagefolder", "filelist"):
+            raise ValueError(f"class_list applies to dataset imagefolder or filelist, not {self.dataset_name!r}")
         self.data_dir = data_dir
+        self.labels = labels
+        self.class_list = class_list
         self.view_kwargs = dict(view_kwargs or {})
         self._eval_transform_given = eval_transform
         self.views_name = "auto"
@@ -207,6 +234,8 @@ class MultiViewDataModule(L.LightningDataModule):
         self.device_stage: Optional[DeviceViewStage] = None  # with gpu_views, created in setup
         self._device_state: dict[str, Any] = {}  # its share of a checkpoint loaded before setup
         self._resume_position: Optional[dict[str, int]] = None
+        self._loader_state: Optional[dict[str, Any]] = None  # dataset: litdata, LitData's loader state to resume
+        self._shard_train_loader: Optional[ShardLoader] = None
         self._sampled_sides: Optional[list[int]] = None
         self.train_dataset: Optional[Dataset] = None
         self.eval_train_dataset: Optional[Dataset] = None
@@ -255,19 +284,32 @@ class MultiViewDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> Optional[int]:
-        """Number of classes (known for named datasets; read from labels/folders otherwise)."""
-        ds = self.test_dataset
+        """Number of classes (known for named datasets; read from labels/folders otherwise; 0 without labels)."""
+        ds = self.test_dataset if self.test_dataset is not None else self.eval_train_dataset
         while isinstance(ds, Subset):
             ds = ds.dataset
         if ds is not None and hasattr(ds, "classes"):
             return len(ds.classes)
-        return peek_num_classes(self.dataset_name, self.data_dir)
+        return peek_num_classes(self.dataset_name, self.data_dir, self.labels, self.class_list)
+
+    @property
+    def has_labels(self) -> Optional[bool]:
+        """Whether the evaluation data have labels (``None`` before ``setup`` when it cannot be told
+        without reading the data); the online probe and kNN turn themselves off when it is ``False``."""
+        classes = self.num_classes
+        return None if classes is None else classes > 0
+
+    @property
+    def has_eval_split(self) -> bool:
+        """Whether the dataset has an evaluation split (after ``setup``; an unlabelled folder may not)."""
+        self._require_setup()
+        return self.test_dataset is not None
 
     # ------------------------------------------------------------------ data
     def _build(self, split: Split, transform: Callable, include_unlabeled: bool = False, raw: bool = False) -> Dataset:
         return build_dataset(
             self.dataset_name, self.data_dir, split, transform, download=False,
-            include_unlabeled=include_unlabeled, raw=raw,
+            include_unlabeled=include_unlabeled, raw=raw, labels=self.labels, class_list=self.class_list,
         )
 
     @override
@@ -300,7 +342,11 @@ class MultiViewDataModule(L.LightningDataModule):
         # raw samples carry what each image is, so the device decoder's errors name the file
         self.train_dataset = _subset(WithSources(train) if raw else train, self.train_subset)
         self.eval_train_dataset = _subset(self._build("train", self.eval_transform), self.train_subset, True)
-        self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset, True)
+        try:
+            self.test_dataset = _subset(self._build("test", self.eval_transform), self.test_subset, True)
+        except MissingSplit as e:
+            rank_zero_info(f"{e}: no validation (online probe accuracy, kNN and diagnostics are off)")
+            self.test_dataset = None
         self._check_image_size()
 
     def _train_collate(self) -> Callable:
@@ -338,6 +384,8 @@ class MultiViewDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = torch.initial_seed() % 2**63  # seed_everything's seed: the run's order and augmentation
+        if self.dataset_name == "litdata":
+            return self._shard_loader(seed, drop_last)
         sampler = ResumableSampler(self.train_dataset, num_replicas=world, rank=rank,  # type: ignore[arg-type]
                                    shuffle=True, seed=seed)
         per_process = len(sampler)
@@ -363,6 +411,42 @@ class MultiViewDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global stream
         )
 
+    def _shard_loader(self, seed: int, drop_last: bool) -> ShardLoader:
+        """``dataset: litdata``: LitData's loader over the shards, shuffled from ``(seed, epoch)``; LitData splits
+        the epoch over processes, nodes and workers and holds the position in it (resumed from the checkpoint)."""
+        from mvssl_lightning.data.shards import ShardLoader, ShardStream
+
+        if self.train_subset is not None:
+            raise ValueError(
+                f"train_subset={self.train_subset} is not supported with dataset: litdata (LitData streams the "
+                "whole shards); write shards of the subset with mvssl-data optimize, or drop train_subset"
+            )
+        stream = ShardStream(str(self.data_dir), "train", self.view_transform, raw=self.device_stage is not None,
+                             seed=seed)
+        workers = self.num_workers
+        loader = ShardLoader(
+            stream,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            drop_last=drop_last,  # LitData's: every process and worker gets whole batches (forced under DDP)
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=self._train_collate(),
+            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global stream
+            position=self._batches_trained,
+        )
+        if self._loader_state is not None:  # a resumed run: LitData's saved position (epoch, samples, workers)
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self._resume_position = None
+        self._shard_train_loader = loader
+        return loader
+
+    def _batches_trained(self) -> int:
+        """Training batches of the current epoch whose step was taken (0 outside ``fit``)."""
+        trainer = self.trainer
+        return batches_done(trainer) if trainer is not None and trainer.state.fn == "fit" else 0
+
     def _train_drop_last(self, n: int) -> bool:
         """``drop_last`` of the training loader: also true when the last batch would hold one sample."""
         if self.drop_last:
@@ -385,11 +469,14 @@ class MultiViewDataModule(L.LightningDataModule):
 
     @override
     def val_dataloader(self) -> list[DataLoader]:
-        """``[eval-train loader (kNN bank / probe train), test loader]``, yielding ``(images, targets)``."""
+        """``[eval-train loader (kNN bank / probe train), test loader]``, yielding ``(images, targets)``;
+        ``[]`` (no validation) when the dataset has no evaluation split."""
         self._require_setup()
+        if self.test_dataset is None:
+            return []
         return [
             self._eval_loader(self.eval_train_dataset),  # type: ignore[arg-type]
-            self._eval_loader(self.test_dataset),  # type: ignore[arg-type]
+            self._eval_loader(self.test_dataset),
         ]
 
     # ------------------------------------------------------------------ device stage and checkpoint state
@@ -422,11 +509,14 @@ class MultiViewDataModule(L.LightningDataModule):
             state["train_position"] = {"epoch": trainer.current_epoch, "batches_done": batches_done(trainer)}
         if self.device_stage is not None:
             state.update(self.device_stage.state_dict())
+        if self._shard_train_loader is not None and "train_position" in state:
+            state["litdata_loader"] = self._shard_train_loader.state_dict()  # the batches trained on, not fetched
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_position = state_dict.get("train_position")
+        self._loader_state = state_dict.get("litdata_loader")
         if self.device_stage is not None:
             self.device_stage.load_state_dict(state_dict)
         else:  # handed to the stage when setup creates it
@@ -436,4 +526,6 @@ class MultiViewDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test set with the eval transform, yielding ``(images, targets)``."""
         self._require_setup()
-        return self._eval_loader(self.test_dataset)  # type: ignore[arg-type]
+        if self.test_dataset is None:
+            raise MissingSplit(f"dataset {self.dataset_name} at {self.data_dir} has no evaluation split to test on")
+        return self._eval_loader(self.test_dataset)

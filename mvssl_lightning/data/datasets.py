@@ -11,12 +11,23 @@ Raw arrays ``x_<split>`` (N, H, W, 3 uint8) with ``y_<split>`` are accepted inst
 Without ``class_names`` the class count is ``max(label) + 1`` over every split of the file, so all splits
 agree on it.
 
-An image folder (``root/train/<class>/*``, ``root/val/<class>/*``) takes its classes from ``train/``:
-one class-to-index map for every split, and a class folder in ``val/`` that ``train/`` lacks is an error.
+An image folder is read by one of two layouts (``labels``):
+
+- ``folders``: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``test/``), labelled by class folder.
+  The classes come from ``train/`` (or from ``class_list``, a subset of them): one class-to-index map for
+  every split, and a class folder in ``val/`` that ``train/`` lacks is an error.
+- ``none``: unlabelled images at any depth (labels ``-1``): ``root/train/**`` and ``root/val/**`` when
+  ``root/train`` exists, else every image under ``root`` as the training split, with no evaluation split
+  (:class:`MissingSplit`).
+
+``auto`` (the default) is ``folders`` when ``root/train`` exists and ``none`` otherwise. Folder scans skip
+hidden entries and non-image files and print how many images they found (:mod:`mvssl_lightning.data.files`).
+A list file (``filelist``) names the images, with optional labels and splits
+(:class:`~mvssl_lightning.data.files.FileList`).
 
 Every dataset here yields ``(transform(PIL image), int label)``; image files become 8-bit RGB by the
-rule of :mod:`mvssl_lightning.data.images` (16-bit as ``value >> 8``), and a file that cannot be read
-is a ``ValueError`` naming it.
+rule of :mod:`mvssl_lightning.data.images` (16-bit as ``value >> 8``, EXIF orientation applied), and a
+file that cannot be read is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -35,12 +46,24 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from mvssl_lightning.data.device.decode import is_jpeg
-from mvssl_lightning.data.images import image_size, open_rgb, rgb_tensor
+from mvssl_lightning.data.files import (
+    IMAGE_EXTENSIONS,
+    Scan,
+    is_hidden,
+    is_image_file,
+    read_filelist,
+    report_found,
+    scan_images,
+    select_classes,
+)
+from mvssl_lightning.data.images import exif_rotated, image_size, open_rgb, rgb_tensor
 
 __all__ = [
     "DATASET_NAMES",
     "NUM_CLASSES",
+    "ImageFiles",
     "ImageFolderSplit",
+    "MissingSplit",
     "NpzImageDataset",
     "WithSources",
     "build_dataset",
@@ -53,10 +76,17 @@ __all__ = [
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
 #: Names accepted by :func:`build_dataset` (and ``MultiViewDataModule(dataset=...)``).
-DatasetName = Literal["default", "cifar10", "cifar100", "stl10", "imagefolder", "npz"]
+DatasetName = Literal["default", "cifar10", "cifar100", "stl10", "imagefolder", "npz", "filelist", "litdata"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 #: Class counts known without reading any file.
 NUM_CLASSES = {"default": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
+#: How an image folder is labelled (module docstring).
+FolderLabels = Literal["auto", "folders", "none"]
+FOLDER_LABELS: tuple[str, ...] = get_args(FolderLabels)
+
+
+class MissingSplit(FileNotFoundError):
+    """The dataset has no such split (e.g. an unlabelled folder or a list file without evaluation images)."""
 
 PathLike = Union[str, os.PathLike]
 
@@ -103,11 +133,28 @@ def _read(arrays: Any, key: str, source: str) -> np.ndarray:
         raise ValueError(f"{source}: cannot read array {key!r} ({type(e).__name__}: {e})") from e
 
 
+def _integer_labels(y: np.ndarray, what: str) -> np.ndarray:
+    """``y`` as int64; ``ValueError`` naming ``what`` and the first value that is not an integer (3.7 would
+    otherwise become 3 without a word)."""
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "b" or y.dtype.kind not in "f":
+        raise ValueError(f"{what} must hold integer labels, got dtype {y.dtype}")
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+    if len(bad):
+        raise ValueError(
+            f"{what} must hold integer labels; entry {int(bad[0])} is {y[bad[0]].item()!r} "
+            f"({len(bad)} non-integer value(s))"
+        )
+    return y.astype(np.int64)
+
+
 def _npz_num_classes(arrays: Any, keys: set[str], source: str) -> Optional[int]:
     """``len(class_names)`` when stored, else ``max(label) + 1`` over every ``y_<split>`` of the file."""
     if "class_names" in keys:
         return int(_read(arrays, "class_names", source).size)
-    ys = [_read(arrays, f"y_{split}", source).reshape(-1) for split in SPLITS if f"y_{split}" in keys]
+    ys = [_integer_labels(_read(arrays, f"y_{split}", source).reshape(-1), f"{source}: y_{split}")
+          for split in SPLITS if f"y_{split}" in keys]
     maxima = [int(y.max()) for y in ys if y.size]
     return max(maxima) + 1 if maxima else None
 
@@ -188,7 +235,7 @@ class NpzImageDataset(Dataset):
                 f"{list(jpeg_keys)} (JPEG bytes) or {list(raw_keys)} (raw uint8 arrays); "
                 f"found {sorted(keys)}"
             )
-        self.targets = _read(arrays, f"y_{split}", source).astype(np.int64).reshape(-1)
+        self.targets = _integer_labels(_read(arrays, f"y_{split}", source).reshape(-1), f"{source}: y_{split}")
         if len(self.targets) != n:
             raise ValueError(
                 f"{source}: y_{split} has {len(self.targets)} labels for {n} images in split '{split}'"
@@ -244,7 +291,7 @@ class NpzImageDataset(Dataset):
             return torch.from_numpy(np.ascontiguousarray(self._x[index].transpose(2, 0, 1)))
         assert self._jpeg is not None and self._offsets is not None
         data = torch.from_numpy(self._jpeg[self._offsets[index] : self._offsets[index + 1]].copy())
-        if is_jpeg(data):
+        if is_jpeg(data) and not exif_rotated(self._bytes(index)):
             return data
         return rgb_tensor(open_rgb(self._bytes(index), self.describe(index)))
 
@@ -287,19 +334,20 @@ def read_raw_image(path: str) -> torch.Tensor:
             data = f.read()
     except OSError as e:
         raise ValueError(f"cannot read {what} ({type(e).__name__}: {e})") from e
-    if data[:2] == b"\xff\xd8":  # JPEG: decoded in batches on the device or in the collate
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if data[:2] == b"\xff\xd8" and not exif_rotated(data):  # JPEG: decoded in batches on the device or
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # in the collate
     return rgb_tensor(open_rgb(data, what))
 
 
 def imagefolder_classes(train_dir: Path) -> list[str]:
-    """The class folders of ``train_dir``, sorted (torchvision's rule): index = label in every split."""
+    """The class folders of ``train_dir``, sorted (torchvision's rule; hidden folders are not classes):
+    index = label in every split."""
     if not train_dir.is_dir():
         raise FileNotFoundError(
             f"imagefolder directory not found: {train_dir} (expected {train_dir.parent}/train/<class>/* "
             f"and {train_dir.parent}/val/<class>/*)"
         )
-    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir() and not is_hidden(entry.name))
     if not classes:
         raise FileNotFoundError(f"no class folders in {train_dir} (expected {train_dir}/<class>/<image files>)")
     return classes
@@ -309,9 +357,12 @@ class ImageFolderSplit(ImageFolder):
     """One split of an image folder, labelled by a given class list (the ``train/`` folders).
 
     Every split thus shares one class-to-index map. A class folder of ``root`` missing from
-    ``classes`` is a ``ValueError`` naming it; a class may have no folder (or no images) in ``root``
-    unless ``require_all`` (the training split, which defines the classes).  Images are read as 8-bit
-    RGB (:func:`load_rgb`), or for ``raw`` as :func:`read_raw_image` gives them; errors name the file.
+    ``known_classes`` (default ``classes``) is a ``ValueError`` naming it; folders of known classes that are
+    not in ``classes`` (a ``class_list`` subset) are left out. A class may have no folder (or no images) in
+    ``root`` unless ``require_all`` (the training split, which defines the classes). Hidden files and
+    folders and non-image files are skipped and counted (one line, :func:`~mvssl_lightning.data.files.report_found`).
+    Images are read as 8-bit RGB (:func:`load_rgb`), or for ``raw`` as :func:`read_raw_image` gives them;
+    errors name the file.
     """
 
     def __init__(
@@ -322,11 +373,28 @@ class ImageFolderSplit(ImageFolder):
         raw: bool = False,
         require_all: bool = False,
         classes_from: Optional[PathLike] = None,
+        known_classes: Optional[list[str]] = None,
     ) -> None:
         self._given_classes = list(classes)
+        self._known_classes = set(known_classes if known_classes is not None else classes)
         self._classes_from = classes_from
+        self.scan = Scan()
+        base = os.path.abspath(root)
+
+        def keep(path: str) -> bool:  # torchvision calls this for every file under the class folders
+            relative = os.path.relpath(path, base).split(os.sep)
+            if any(is_hidden(part) for part in relative):
+                self.scan.hidden += 1
+                return False
+            if not is_image_file(relative[-1]):
+                self.scan.non_image += 1
+                return False
+            return True
+
         super().__init__(str(root), transform=None if raw else transform,
-                         loader=read_raw_image if raw else load_rgb, allow_empty=True)
+                         loader=read_raw_image if raw else load_rgb, allow_empty=True, is_valid_file=keep)
+        self.scan.files = [path for path, _ in self.samples]
+        report_found(f"imagefolder {root}", self.scan)
         counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
         if require_all and (counts == 0).any():
             empty = [str(Path(root) / c) for c, k in zip(self.classes, counts, strict=True) if k == 0]
@@ -335,14 +403,14 @@ class ImageFolderSplit(ImageFolder):
             raise FileNotFoundError(f"no image files in the class folders of {root}")
 
     def find_classes(self, directory: Union[str, os.PathLike]) -> tuple[list[str], dict[str, int]]:
-        """The given classes; a class folder of ``directory`` not among them is an error naming it."""
-        known = set(self._given_classes)
-        extra = sorted(e.name for e in os.scandir(str(directory)) if e.is_dir() and e.name not in known)
+        """The given classes; a class folder of ``directory`` not among the known ones is an error naming it."""
+        folders = [e.name for e in os.scandir(str(directory)) if e.is_dir() and not is_hidden(e.name)]
+        extra = sorted(name for name in folders if name not in self._known_classes)
         if extra:
             where = self._classes_from or "the training split"
             raise ValueError(
                 f"class folder(s) {', '.join(str(Path(directory) / c) for c in extra)} not in {where}: labels "
-                f"come from the training split's class folders ({', '.join(self._given_classes)}), so "
+                f"come from the training split's class folders ({', '.join(sorted(self._known_classes))}), so "
                 "every class of another split must have a folder there too"
             )
         return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
@@ -354,6 +422,134 @@ class ImageFolderSplit(ImageFolder):
     def image_size(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of image ``index`` (from the file header; nothing is decoded)."""
         return image_size(self.samples[index][0])
+
+
+class ImageFiles(Dataset):
+    """Images named by a list of file paths, with their labels (``-1``: unknown) and the class names.
+
+    The dataset of an unlabelled image folder (every image under it, labels ``-1``) and of a list file.
+    Items are ``(transform(PIL RGB image), label)``, or for ``raw`` what :func:`read_raw_image` gives;
+    attributes ``samples`` (``(path, label)`` pairs, as torchvision's ``ImageFolder``), ``targets``,
+    ``classes``, ``source``.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        targets: list[int],
+        classes: list[str],
+        source: str,
+        transform: Optional[Callable] = None,
+        raw: bool = False,
+    ) -> None:
+        if len(paths) != len(targets):
+            raise ValueError(f"{source}: {len(paths)} paths for {len(targets)} labels")
+        self.samples = list(zip(paths, targets, strict=True))
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.classes = list(classes)
+        self.source = source
+        self.transform = transform
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        """What image ``index`` is, for error messages: ``image file <path>``."""
+        return f"image file {self.samples[index][0]}"
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` (from the file header; nothing is decoded)."""
+        return image_size(self.samples[index][0])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        if self.raw:
+            return read_raw_image(path), int(label)
+        img = load_rgb(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(label)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r}, n={len(self)})"
+
+
+def unlabelled_folder(root: Path, transform: Optional[Callable], raw: bool) -> ImageFiles:
+    """Every image under ``root`` at any depth, labels ``-1`` (hidden entries and non-image files skipped
+    and counted); a folder with no images is an error naming it."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"imagefolder directory not found: {root} (expected {root}/train/<class>/* and {root}/val/<class>/*, "
+            "or a folder of unlabelled images at any depth)"
+        )
+    scan = scan_images(root)
+    report_found(f"imagefolder {root} (unlabelled)", scan)
+    if not scan.files:
+        raise FileNotFoundError(
+            f"no image files under {root} (at any depth; extensions {', '.join(IMAGE_EXTENSIONS)}; "
+            f"{scan.hidden} hidden and {scan.non_image} other file(s) skipped)"
+        )
+    return ImageFiles(scan.files, [-1] * len(scan.files), [], f"{root} (unlabelled)", transform, raw)
+
+
+def folder_labels(root: Path, labels: str) -> str:
+    """``folders`` or ``none``: how the image folder at ``root`` is labelled (``auto``: module docstring)."""
+    if labels not in FOLDER_LABELS:
+        raise ValueError(f"labels must be one of {FOLDER_LABELS}, got {labels!r}")
+    if labels != "auto":
+        return labels
+    return "folders" if (root / "train").is_dir() else "none"
+
+
+def _imagefolder(base: Path, split: Split, transform: Optional[Callable], raw: bool, labels: str,
+                 class_list: Optional[str]) -> Dataset:
+    layout = folder_labels(base, labels)
+    candidates = ["train"] if split == "train" else ["val", "test"]
+    if layout == "none":
+        if class_list is not None:
+            raise ValueError("class_list needs labelled class folders (labels: folders), not an unlabelled folder")
+        if not (base / "train").is_dir():
+            if split == "train":
+                return unlabelled_folder(base, transform, raw)
+            raise MissingSplit(f"the unlabelled image folder {base} has no evaluation split (no {base}/train and "
+                               f"{base}/val folders: every image under {base} is a training image)")
+        for sub in candidates:
+            if (base / sub).is_dir():
+                return unlabelled_folder(base / sub, transform, raw)
+        raise MissingSplit(f"imagefolder {base} has no evaluation split ({base}/val or {base}/test)")
+    all_classes = imagefolder_classes(base / "train")
+    classes = all_classes if class_list is None else select_classes(all_classes, class_list, f"{base / 'train'}")
+    for sub in candidates:
+        if (base / sub).is_dir():
+            return ImageFolderSplit(base / sub, classes, transform, raw=raw, require_all=split == "train",
+                                    classes_from=base / "train", known_classes=all_classes)
+    if split == "train":
+        raise FileNotFoundError(f"imagefolder directory not found: {base / 'train'}")
+    raise MissingSplit(
+        f"imagefolder directory not found: {base / candidates[0]} (expected {base}/train/<class>/* "
+        f"and {base}/val/<class>/*)"
+    )
+
+
+def _filelist(path: Path, split: Split, transform: Optional[Callable], raw: bool,
+              class_list: Optional[str]) -> Dataset:
+    entries = read_filelist(path)
+    paths, targets = entries.split(split)
+    classes = entries.classes
+    if class_list is not None:
+        if not classes or all(c.isdigit() for c in classes):
+            raise ValueError(f"class_list needs class names in the label column of filelist {path}")
+        kept = select_classes(classes, class_list, f"filelist {path}")
+        index = {classes.index(c): i for i, c in enumerate(kept)}
+        chosen = [(p, index[t]) for p, t in zip(paths, targets, strict=True) if t in index]
+        paths, targets, classes = [p for p, _ in chosen], [t for _, t in chosen], kept
+    if not paths:
+        if split == "test":
+            raise MissingSplit(f"filelist {path} has no evaluation entries (split column val or test)")
+        raise ValueError(f"filelist {path} has no training entries")
+    report_found(f"filelist {path} ({split} split)", Scan(files=paths))
+    return ImageFiles(paths, targets, classes, f"filelist {path}", transform, raw)
 
 
 class WithSources(Dataset):
@@ -435,6 +631,8 @@ def build_dataset(
     download: bool = False,
     include_unlabeled: bool = False,
     raw: bool = False,
+    labels: FolderLabels = "auto",
+    class_list: Optional[str] = None,
 ) -> Dataset:
     """Build a dataset yielding ``(transform(image), int label)`` by name.
 
@@ -442,8 +640,11 @@ def build_dataset(
         name: one of :data:`DATASET_NAMES`:
             ``"default"`` (the embedded CIFAR-10 subset; ``root`` ignored),
             ``"cifar10"``/``"cifar100"``/``"stl10"`` (torchvision; ``root`` is their directory),
-            ``"imagefolder"`` (torchvision ``ImageFolder`` at ``root/train`` and ``root/val``),
-            ``"npz"`` (``root`` is the ``.npz`` file).
+            ``"imagefolder"`` (class folders ``root/train/<class>`` and ``root/val/<class>``, or unlabelled
+            images at any depth: module docstring), ``"npz"`` (``root`` is the ``.npz`` file),
+            ``"filelist"`` (``root`` is a list file, :class:`~mvssl_lightning.data.files.FileList`),
+            ``"litdata"`` (``root`` is the directory or URI of shards written by ``mvssl-data optimize``,
+            read in order: :class:`~mvssl_lightning.data.shards.ShardImages`).
         root: data directory or file, see ``name``.
         split: ``"train"`` or ``"test"`` (ImageFolder reads ``val/``, else ``test/``, for ``"test"``).
         transform: applied to every PIL image.
@@ -453,16 +654,20 @@ def build_dataset(
         raw: yield undecoded images for the device view pipeline instead of ``transform(image)``:
             JPEG file bytes (1-D uint8) where the data are JPEG files (npz, ImageFolder), else
             ``(3, H, W)`` uint8 tensors.
+        labels: how an image folder is labelled: ``"auto"``, ``"folders"`` or ``"none"`` (module docstring).
+        class_list: keep only these classes (a file of class names or WordNet ids, or ``"imagenet100"``),
+            labelled by their sorted order in every split; image folders and list files with class names.
 
     Raises:
-        ValueError: unknown name or split.
-        FileNotFoundError: the data is not where ``root`` says.
+        ValueError: unknown name or split; a class list naming classes the data lacks.
+        FileNotFoundError: the data is not where ``root`` says (:class:`MissingSplit` for a split the
+            dataset does not have).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = name.lower()
     if raw:
-        transform = T.PILToTensor() if name not in ("default", "npz") else None
+        transform = T.PILToTensor() if name not in ("default", "npz", "litdata") else None
     if name == "default":
         return NpzImageDataset(embedded_default_path(), split, transform, raw=raw)
     if name == "npz":
@@ -472,18 +677,15 @@ def build_dataset(
         if not path.is_file():
             raise FileNotFoundError(f"npz dataset file not found: {path}")
         return NpzImageDataset(path, split, transform, raw=raw)
+    if class_list is not None and name not in ("imagefolder", "filelist"):
+        raise ValueError(f"class_list applies to image folders and list files, not dataset '{name}'")
     if name == "imagefolder":
-        base = _require_root(name, root)
-        classes = imagefolder_classes(base / "train")
-        candidates = ["train"] if split == "train" else ["val", "test"]
-        for sub in candidates:
-            if (base / sub).is_dir():
-                return ImageFolderSplit(base / sub, classes, transform, raw=raw, require_all=split == "train",
-                                        classes_from=base / "train")
-        raise FileNotFoundError(
-            f"imagefolder directory not found: {base / candidates[0]} (expected {base}/train/<class>/* "
-            f"and {base}/val/<class>/*)"
-        )
+        return _imagefolder(_require_root(name, root), split, transform, raw, labels, class_list)
+    if name == "filelist":
+        path = _require_root(name, root)
+        if path.is_dir():
+            raise FileNotFoundError(f"filelist data_dir must be the list file, got the directory {path}")
+        return _filelist(path, split, transform, raw, class_list)
     if name in ("cifar10", "cifar100"):
         from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -496,10 +698,20 @@ def build_dataset(
         root = _require_root(name, root)
         stl_split = "test" if split == "test" else ("train+unlabeled" if include_unlabeled else "train")
         return _torchvision(name, STL10, root, download, split=stl_split, transform=transform)
+    if name == "litdata":  # shards written by `mvssl-data optimize`, read in order (map-style)
+        from mvssl_lightning.data.shards import MissingShardSplit, ShardImages
+
+        if root is None:
+            raise ValueError("dataset 'litdata' needs data_dir: the directory or URI given to mvssl-data optimize")
+        try:
+            return ShardImages(str(root), split, transform, raw=raw)
+        except MissingShardSplit as e:
+            raise MissingSplit(str(e)) from None
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
 
 
-def peek_num_classes(name: str, root: Optional[PathLike] = None) -> Optional[int]:
+def peek_num_classes(name: str, root: Optional[PathLike] = None, labels: FolderLabels = "auto",
+                     class_list: Optional[str] = None) -> Optional[int]:
     """Number of classes of a dataset without decoding images (reads at most labels/dir names).
 
     The same count the datasets report: an image folder's ``train/`` class folders; an npz file's
@@ -513,13 +725,31 @@ def peek_num_classes(name: str, root: Optional[PathLike] = None) -> Optional[int
         return None
     path = Path(root).expanduser()
     if name == "imagefolder":
-        train = path / "train"
-        if not train.is_dir():
+        if not path.is_dir():
             return None
-        return len(imagefolder_classes(train))  # the classes every split is labelled with
+        if folder_labels(path, labels) == "none":
+            return 0
+        if not (path / "train").is_dir():
+            return None
+        classes = imagefolder_classes(path / "train")  # the classes every split is labelled with
+        return len(classes if class_list is None else select_classes(classes, class_list, str(path / "train")))
+    if name == "filelist":
+        if not path.is_file():
+            return None
+        entries = read_filelist(path)
+        if class_list is not None:
+            return len(select_classes(entries.classes, class_list, f"filelist {path}"))
+        return len(entries.classes)
     if name == "npz":
         if not path.is_file():
             return None
         with _open_npz(path) as d:
             return _npz_num_classes(d, set(d.files), str(path))
+    if name == "litdata":
+        from mvssl_lightning.data.shards import read_metadata
+
+        try:
+            return len(read_metadata(str(root))["classes"])
+        except (OSError, ValueError):
+            return None
     return None

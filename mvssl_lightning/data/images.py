@@ -12,6 +12,10 @@
   ``convert("RGB")`` would clip these modes at 255, turning a 16-bit image all white.
 - ``F`` (32-bit floats): values in ``[0, 1]`` become ``round(255 * value)``; other values are an error.
 
+:func:`open_rgb` first applies the file's EXIF orientation, as ``PIL.ImageOps.exif_transpose`` does (a
+phone photo stored sideways comes out upright); :func:`exif_rotated` tells the ``gpu_views`` path which
+JPEGs need it, so they are decoded on the CPU by the same rule instead of by the batched decoder.
+
 Errors are ``ValueError`` naming the image (a file path, or an npz entry) and, for a mode, its values.
 """
 
@@ -23,9 +27,9 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["UnsupportedImage", "open_rgb", "rgb_tensor", "to_rgb", "uint16_to_uint8"]
+__all__ = ["UnsupportedImage", "exif_rotated", "open_rgb", "rgb_tensor", "to_rgb", "uint16_to_uint8"]
 
 #: Modes Pillow converts to RGB correctly with ``convert("RGB")`` (8 bits per sample).
 EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
@@ -83,11 +87,33 @@ def open_rgb(source: Source, what: str) -> Image.Image:
     try:
         with Image.open(fp) as img:
             img.load()
-            return to_rgb(img, what)
+            upright: Image.Image = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            return to_rgb(upright, what)
     except UnsupportedImage:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... on bad files
         raise ValueError(f"corrupt {what} ({type(e).__name__}: {e})") from e
+
+
+#: The EXIF tag of the image orientation (1: stored upright).
+ORIENTATION_TAG = 0x0112
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:  # a malformed EXIF block: Pillow reads the pixels anyway, and so do we
+        return 1
+
+
+def exif_rotated(source: Source) -> bool:
+    """Whether an image file carries an EXIF orientation other than upright (only the header is read)."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(fp) as img:
+            return _orientation(img) not in (0, 1)
+    except Exception:  # unreadable: the decoder names the file
+        return False
 
 
 def image_size(source: Source) -> tuple[int, int]:

@@ -46,6 +46,7 @@ __all__ = [
     "resolve_views",
     "shorter_sides",
     "small_image_message",
+    "small_images",
 ]
 
 #: Datasets of 32 px images.
@@ -140,6 +141,12 @@ def shorter_sides(dataset: Dataset) -> list[int]:
 def cifar_sized_images(sides: list[int]) -> bool:
     """Whether images with these sampled shorter sides take the ``_cifar`` recipes (median at most 64 px)."""
     return bool(sides) and statistics.median(sides) <= CIFAR_SIZED_MAX_SIDE
+
+
+def small_images(dataset_name: str, sides: list[int]) -> bool:
+    """The one rule of pre-training (``views: auto``) and evaluation for 32 px-class data: a dataset of
+    :data:`CIFAR_SIZED`, or sampled shorter sides (:func:`shorter_sides`) whose median is at most 64 px."""
+    return dataset_name in CIFAR_SIZED or cifar_sized_images(sides)
 
 
 def walk_transforms(transform: Any) -> Iterator[Any]:

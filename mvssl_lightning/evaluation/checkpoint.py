@@ -57,7 +57,11 @@ class BackboneSource:
 
     ``kind``: ``"pretraining"`` (a checkpoint of one of our methods), ``"torchvision"`` (a ResNet
     ``state_dict``) or ``"random"``; ``method``: the pre-training method's class path (or class name)
-    when known; the architecture arguments the backbone was built with.
+    when known; the architecture arguments the backbone was built with; ``data``: what a pre-training
+    checkpoint records of its data (``ckpt["mvssl"]["data"]``, ``MultiViewDataModule.data_summary()``:
+    ``dataset``, ``views``, ``image_size``, ``mean``, ``std``), from which
+    :class:`~mvssl_lightning.evaluation.LabeledDataModule` takes its default resolution and normalisation
+    (``{}`` when unknown).
     """
 
     kind: Literal["pretraining", "torchvision", "random"]
@@ -68,6 +72,7 @@ class BackboneSource:
     cifar_stem: bool
     zero_init_residual: bool
     backbone_kwargs: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,8 +253,11 @@ def load_backbone(
                              + (" (a method without an EMA teacher?)" if checkpoint_key == "teacher" else ""))
         _load_strict(module, state, str(path), _arch(name, stem, kwargs))
         method = hp.get("_class_path")
+        recorded = obj.get("mvssl")
+        data = recorded.get("data") if isinstance(recorded, dict) else None
+        data = dict(data) if isinstance(data, dict) else {}
         source = BackboneSource("pretraining", str(path), digest, str(method) if method else None, name, stem,
-                                zero_init, kwargs)
+                                zero_init, kwargs, data)
         return module, dim, source
 
     if _is_tensor_dict(obj):

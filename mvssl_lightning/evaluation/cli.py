@@ -19,13 +19,15 @@ file name is ``--results.filename``).
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Optional
 
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mvssl_lightning.core.cli_output import error_line, metrics_table
 from mvssl_lightning.core.precision import apply_cpu_precision
-from mvssl_lightning.core.trainer_defaults import trainer_defaults
+from mvssl_lightning.core.trainer_defaults import resolve_run_settings, trainer_defaults
 from mvssl_lightning.evaluation.data import LabeledDataModule
 from mvssl_lightning.evaluation.modules import EvalModule
 from mvssl_lightning.evaluation.results import EvalResultsWriter
@@ -59,9 +61,11 @@ class EvalCLI(LightningCLI):
         parser.add_lightning_class_args(EvalResultsWriter, "results")
 
     def before_instantiate_classes(self) -> None:
-        # as mvssl: a 16-bit precision on a run that ends up on the CPU becomes 32-true (one warning)
+        # as mvssl: a 16-bit precision on a run that ends up on the CPU becomes 32-true (one warning); the run
+        # directory follows default_root_dir, and without a logger there is no LearningRateMonitor
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         apply_cpu_precision(config.trainer)
+        resolve_run_settings(config.trainer)
 
     def _attach_config(self) -> None:
         """Give the results writer the resolved configuration of this run."""
@@ -78,6 +82,20 @@ class EvalCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._attach_config()
+        # Lightning's table repeats epoch-level metrics (kNN) under every validation loader; after_validate
+        # prints each once instead
+        self.config_init[self.subcommand]["verbose"] = False
+
+    def after_validate(self) -> None:
+        """Print every metric once, and where the results file went."""
+        if not self.trainer.is_global_zero:
+            return
+        table = metrics_table(self.trainer.callback_metrics)
+        if table:
+            print(table)
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, EvalResultsWriter) and callback.path is not None:
+                print(f"results: {callback.path}", flush=True)
 
 
 def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
@@ -94,8 +112,19 @@ def run_cli(args: Optional[list[str]] = None) -> LightningCLI:
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of the ``mvssl-eval`` console script (returns nothing, so the exit status is 0)."""
-    run_cli(args)
+    """Entry point of the ``mvssl-eval`` console script (returns nothing, so the exit status is 0).
+
+    As ``mvssl``: a constructor that rejects its arguments (a missing or truncated checkpoint, a backbone or
+    stem that does not fit it, an evaluation checkpoint given as a pre-training one) prints one line naming
+    the problem and exits with 2 (:func:`~mvssl_lightning.core.cli_output.error_line`)."""
+    try:
+        run_cli(args)
+    except (ValueError, TypeError, OSError) as error:
+        line = error_line("mvssl-eval", error)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

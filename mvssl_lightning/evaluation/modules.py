@@ -9,7 +9,7 @@ feature, or for AMDIM ``r1`` flattened (``(B, n_rkhs)``), the feature AMDIM's ow
 **Linear evaluation** (:class:`LinearEval`), the protocol behind every ImageNet top-1 the seed papers
 report::
 
-    f = backbone(x)                       frozen: parameters fixed, BatchNorm in eval mode throughout
+    f = backbone(x)                       frozen: parameters fixed, BatchNorm in eval mode (encoder_bn="eval")
     logits = W [BN(f)] + b                BN: BatchNorm1d(affine=False, eps=1e-6) when head_batchnorm (MEC)
     L = cross_entropy(logits, y)          minimised over W, b only
     lr = lr_0 * B * world / 256 * schedule(t)     (lr_scaling="linear"; B the per-process batch)
@@ -17,10 +17,18 @@ report::
 "Frozen" follows the official linear scripts (``wlj6816/MVEB`` ``lineval.py``, ``xinliu20/MEC``
 ``benchmarks/linearprob/main_lincls.py``: ``model.eval()`` for the whole training, so BatchNorm statistics
 never move, and a ``sanity_check`` that every backbone tensor is unchanged): the backbone stays in eval
-mode even when Lightning or the user calls ``.train()`` (:meth:`EvalModule.train` is overridden), its
+mode even when Lightning or the user calls ``.train()`` (:meth:`EvalModule.train` is overridden; with
+``encoder_bn="train"`` its BatchNorm layers, and only those, follow the module's mode), its
 parameters have ``requires_grad=False`` and its forward runs under ``torch.no_grad``. The head's own
 BatchNorm trains. The protocols' settings (optimiser, lr, schedule, head) are arguments; each paper's
 values, with their sources, are the configs in ``configs/eval/``.
+
+**BatchNorm** (``encoder_bn``, ``bn_reestimate_batches``; :mod:`mvssl_lightning.evaluation.bn`): ``encoder_bn:
+train`` keeps the parameters frozen but normalises each training batch with its own statistics and lets the
+running statistics follow them, and ``bn_reestimate_batches: N`` re-estimates the statistics on ``N`` random
+batches of the evaluation split before each validation: AMDIM's official classifier protocol
+(``configs/eval/amdim_*.yaml``, with AMDIM's MLP classifier, ``mlp_classifier``, and loss, ``loss: amdim_xent``:
+:mod:`mvssl_lightning.evaluation.classifiers`).
 
 **Fine-tuning** (:class:`FineTune`, the semi-supervised 1 % / 10 % protocol of ``facebookresearch/barlowtwins``
 ``evaluate.py --weights finetune``): the same head, the backbone trainable at ``backbone_lr`` and in
@@ -32,7 +40,8 @@ exists once) with the training split as the bank and the evaluation split as the
 (``LabeledDataModule(knn_bank=True)``).
 
 Metrics (fractions in [0, 1]): ``val/top1``, ``val/top5`` (torchmetrics ``MulticlassAccuracy``,
-micro-averaged over the evaluation split), ``val/loss``, ``train/loss``; kNN: ``knn/top1``, ``knn/top5``.
+micro-averaged over the evaluation split), ``val/loss``, ``train/loss``; with ``mlp_classifier``:
+``val/mlp_top1``, ``val/mlp_top5``, ``train/mlp_loss``; kNN: ``knn/top1``, ``knn/top5``.
 """
 
 from __future__ import annotations
@@ -43,18 +52,28 @@ from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from mvssl_lightning.callbacks.knn import OnlineKNN
+from mvssl_lightning.callbacks.knn import BankDtype, OnlineKNN
 from mvssl_lightning.core.compat import attached_trainer
 from mvssl_lightning.core.features import eval_mode, extract_features, param_dtype
 from mvssl_lightning.core.optim import OPTIMIZERS, OptimizerName, build_optimizer
 from mvssl_lightning.core.schedules import Schedule, ScheduleInterval, lr_factor
 from mvssl_lightning.core.steps import scaled_lr, steps_per_epoch, total_steps
+from mvssl_lightning.evaluation.bn import (
+    EncoderBN,
+    batchnorm_buffers,
+    batchnorm_layers,
+    reestimate_batchnorm,
+    reestimation_loader,
+    restore_modes,
+    set_batchnorm_mode,
+)
 from mvssl_lightning.evaluation.checkpoint import CheckpointKey, load_backbone
+from mvssl_lightning.evaluation.classifiers import ClassifierLoss, amdim_mlp_classifier, classifier_loss
 from mvssl_lightning.models.backbones import Backbone
 from mvssl_lightning.models.timm_backbone import check_last_blocks, last_blocks_features
 
@@ -83,8 +102,10 @@ class EvalModule(L.LightningModule):
     pre-training method). ``frozen`` (class attribute): the backbone is fixed and stays in eval mode.
     """
 
-    #: the backbone's parameters are fixed and its BatchNorm layers stay in eval mode
+    #: the backbone's parameters are fixed and its layers stay in eval mode (BatchNorm: see ``encoder_bn``)
     frozen: bool = True
+    #: what the backbone's BatchNorm layers do while training (:mod:`mvssl_lightning.evaluation.bn`); set per instance
+    encoder_bn: EncoderBN = "eval"
 
     def __init__(
         self,
@@ -116,10 +137,13 @@ class EvalModule(L.LightningModule):
 
     @override
     def train(self, mode: bool = True) -> EvalModule:
-        """``nn.Module.train``, except that a frozen backbone stays in eval mode (fixed BN statistics)."""
+        """``nn.Module.train``, except that a frozen backbone stays in eval mode and, in train mode, the backbone's
+        BatchNorm layers follow ``encoder_bn`` (``train``: batch statistics; ``eval``: fixed statistics)."""
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
+        if mode:
+            set_batchnorm_mode(self.backbone, self.encoder_bn == "train")
         return self
 
     def _features(self, x: Tensor) -> Tensor:
@@ -185,6 +209,19 @@ class LinearEval(EvalModule):
             class tokens of the last ``n_last_blocks`` blocks (each through the final norm), concatenated,
             plus the last block's mean patch token (``avgpool_patchtokens``); 1 / False: the backbone's own
             pooled feature (a ViT's final class token).
+        encoder_bn: the backbone's BatchNorm while the head trains (:mod:`mvssl_lightning.evaluation.bn`): ``eval``
+            (fixed pre-training statistics; MVEB, MEC, InfoMin, DINO) or ``train`` (each batch's statistics, running
+            statistics updated, parameters still frozen; AMDIM's ``task_classifiers.py``).
+        bn_reestimate_batches: before each validation (not the sanity check), run this many random full batches
+            of the evaluation split through the model with its BatchNorm layers in train mode, continuing the
+            running averages (AMDIM ``utils.py`` ``_warmup_batchnorm``: 50); 0: never. Needs images (not
+            ``cache_features``).
+        bn_reestimate_seed: the batches of the re-estimation at epoch ``e`` come from seed ``bn_reestimate_seed + e``.
+        mlp_classifier: also train AMDIM's MLP classifier
+            (:func:`~mvssl_lightning.evaluation.classifiers.amdim_mlp_classifier`) on the detached features, at
+            the head's learning rate, its loss added to the head's; logged as
+            ``val/mlp_top1`` / ``val/mlp_top5``. Its parameters are disjoint from the linear head's.
+        loss: ``cross_entropy`` or AMDIM's ``amdim_xent`` (:func:`~mvssl_lightning.evaluation.classifiers.amdim_xent`).
     """
 
     def __init__(
@@ -215,9 +252,28 @@ class LinearEval(EvalModule):
         n_last_blocks: int = 1,
         avgpool_patchtokens: bool = False,
         checkpoint_key: CheckpointKey = "student",
+        encoder_bn: EncoderBN = "eval",
+        bn_reestimate_batches: int = 0,
+        bn_reestimate_seed: int = 0,
+        mlp_classifier: bool = False,
+        loss: ClassifierLoss = "cross_entropy",
     ) -> None:
         super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs, n_last_blocks,
                          avgpool_patchtokens, checkpoint_key)
+        if encoder_bn not in ("train", "eval"):
+            raise ValueError(f"encoder_bn must be 'train' or 'eval', got {encoder_bn!r}")
+        if loss not in ("cross_entropy", "amdim_xent"):
+            raise ValueError(f"loss must be 'cross_entropy' or 'amdim_xent', got {loss!r}")
+        if bn_reestimate_batches < 0:
+            raise ValueError(f"bn_reestimate_batches must be >= 0, got {bn_reestimate_batches}")
+        if (encoder_bn == "train" or bn_reestimate_batches > 0) and not batchnorm_layers(self.backbone):
+            rank_zero_warn(
+                f"encoder_bn={encoder_bn!r} / bn_reestimate_batches={bn_reestimate_batches} change nothing: the "
+                f"backbone ({self.source.backbone}) has no BatchNorm layer"
+            )
+        self.encoder_bn = encoder_bn
+        self.bn_reestimate_batches, self.bn_reestimate_seed = int(bn_reestimate_batches), int(bn_reestimate_seed)
+        self.loss_name: ClassifierLoss = loss
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if lr <= 0 or weight_decay < 0:
@@ -230,9 +286,18 @@ class LinearEval(EvalModule):
             raise ValueError(f"lr_scaling must be 'linear' or 'none', got {lr_scaling!r}")
         if cache_features and not self.frozen:
             raise ValueError(f"cache_features needs a frozen backbone; {type(self).__name__} trains it")
+        if cache_features and (encoder_bn == "train" or bn_reestimate_batches > 0):
+            raise ValueError(
+                f"cache_features serves features computed once in eval mode; encoder_bn={encoder_bn!r} / "
+                f"bn_reestimate_batches={bn_reestimate_batches} need the backbone on every batch: set "
+                "cache_features: false"
+            )
         self.save_hyperparameters()
         self.num_classes = int(num_classes)
         self.head = self._build_head(head_batchnorm, head_init, head_init_std)
+        self.mlp_head: Optional[nn.Sequential] = (
+            amdim_mlp_classifier(self.feat_dim, self.num_classes) if mlp_classifier else None
+        )
         self.optimizer_name = optimizer
         self.lr, self.lr_scaling, self.batch_size = lr, lr_scaling, batch_size
         self.reference_batch_size = reference_batch_size
@@ -245,6 +310,13 @@ class LinearEval(EvalModule):
         self.val_top5: Optional[MulticlassAccuracy] = None
         if self.num_classes >= 5:
             self.val_top5 = MulticlassAccuracy(num_classes=self.num_classes, top_k=5, average="micro")
+        self.val_mlp_top1: Optional[MulticlassAccuracy] = None
+        self.val_mlp_top5: Optional[MulticlassAccuracy] = None
+        if self.mlp_head is not None:
+            self.val_mlp_top1 = MulticlassAccuracy(num_classes=self.num_classes, top_k=1, average="micro")
+            if self.num_classes >= 5:
+                self.val_mlp_top5 = MulticlassAccuracy(num_classes=self.num_classes, top_k=5, average="micro")
+        self.train(self.training)  # the modes of encoder_bn from the start: Lightning's fit does not call train()
 
     def _build_head(self, batchnorm: bool, init: str, std: float) -> nn.Sequential:
         linear = nn.Linear(self.feat_dim, self.num_classes)
@@ -282,8 +354,12 @@ class LinearEval(EvalModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        f = x if x.dim() == 2 else self.features(x)
+        loss = classifier_loss(self.loss_name, self.head(f), y)
+        if self.mlp_head is not None:  # AMDIM's Evaluator: both classifiers on the detached feature, losses summed
+            mlp_loss = classifier_loss(self.loss_name, self.mlp_head(f.detach()), y)
+            self.log("train/mlp_loss", mlp_loss, batch_size=y.shape[0])
+            loss = loss + mlp_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
         return loss
 
@@ -301,8 +377,63 @@ class LinearEval(EvalModule):
         if self.val_top5 is not None:
             self.val_top5.update(logits, y)
             self.log("val/top5", self.val_top5, **kw)
-        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, **kw)
+        self.log("val/loss", classifier_loss(self.loss_name, logits, y), sync_dist=True, **kw)
+        if self.mlp_head is not None and self.val_mlp_top1 is not None:
+            mlp_logits = self.mlp_head(f)
+            self.val_mlp_top1.update(mlp_logits, y)
+            self.log("val/mlp_top1", self.val_mlp_top1, **kw)
+            if self.val_mlp_top5 is not None:
+                self.val_mlp_top5.update(mlp_logits, y)
+                self.log("val/mlp_top5", self.val_mlp_top5, **kw)
         return out
+
+    # ------------------------------------------------------------------ BatchNorm re-estimation
+    @override
+    def on_validation_start(self) -> None:
+        if self.bn_reestimate_batches > 0 and not self.trainer.sanity_checking:
+            self.reestimate_batchnorm()
+
+    def reestimate_batchnorm(self, loader: Optional[Any] = None) -> int:
+        """Re-estimate the BatchNorm statistics on ``bn_reestimate_batches`` random full batches of ``loader``
+        (default: the trainer's evaluation loader, the last validation loader) and return how many batches ran.
+
+        As AMDIM's ``_warmup_batchnorm`` (:mod:`mvssl_lightning.evaluation.bn`): the backbone's BatchNorm layers
+        and the heads (their BatchNorm and Dropout) in train mode, the backbone's other layers in eval mode (a
+        frozen backbone), under ``no_grad``; the running averages continue (no reset). Every mode is restored
+        afterwards; under DDP process 0's statistics are broadcast. ``fast_dev_run``: one batch.
+        """
+        trainer = self.trainer
+        if loader is None:
+            loaders = trainer.val_dataloaders
+            loader = loaders[-1] if isinstance(loaders, (list, tuple)) else loaders
+        wanted = 1 if getattr(trainer, "fast_dev_run", False) else self.bn_reestimate_batches
+        batches = reestimation_loader(loader, wanted, self.bn_reestimate_seed + self.current_epoch)
+        heads = [h for h in (self.head, self.mlp_head) if h is not None]
+
+        def forward(x: Tensor) -> None:
+            f = self._features(x)
+            for head in heads:
+                head(f)
+
+        with restore_modes(self):
+            self.eval()
+            set_batchnorm_mode(self.backbone, True)
+            for head in heads:
+                head.train()
+            dtype = param_dtype(self.backbone, torch.float32) or torch.float32
+            count = reestimate_batchnorm(forward, batches, self.device, dtype)
+        if count < wanted:
+            rank_zero_warn(
+                f"BatchNorm re-estimation ran {count} of bn_reestimate_batches={wanted} batches: the evaluation "
+                f"split holds {len(batches.dataset)} images, {count} full batches of {batches.batch_size}"  # type: ignore[arg-type]
+            )
+        if trainer.world_size > 1:
+            buffers = batchnorm_buffers(self)
+            synced = trainer.strategy.broadcast([b.detach().clone() for b in buffers], src=0)
+            with torch.no_grad():
+                for buffer, value in zip(buffers, synced, strict=True):
+                    buffer.copy_(value.to(buffer.device))
+        return count
 
     # ------------------------------------------------------------------ optimisation
     def scale(self) -> float:
@@ -312,9 +443,14 @@ class LinearEval(EvalModule):
             return 1.0
         return scaled_lr(1.0, self.lr_scaling, self.trainer, self.batch_size, self.reference_batch_size)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The classifiers' parameters: the linear head's, then the MLP classifier's (``mlp_classifier``)."""
+        mlp = list(self.mlp_head.parameters()) if self.mlp_head is not None else []
+        return list(self.head.parameters()) + mlp
+
     def param_groups(self) -> list[dict]:
-        """The optimised parameter groups (the head's, at the scaled ``lr``)."""
-        return [{"params": list(self.head.parameters()), "lr": self.lr * self.scale()}]
+        """The optimised parameter groups (the classifiers', at the scaled ``lr``)."""
+        return [{"params": self.head_parameters(), "lr": self.lr * self.scale()}]
 
     @override
     def configure_optimizers(self) -> Any:
@@ -337,8 +473,10 @@ class FineTune(LinearEval):
 
     The backbone trains at ``backbone_lr`` (scaled like ``lr``), in train mode; the head at ``lr``. Defaults:
     Barlow Twins' ``evaluate.py --weights finetune`` (SGD, momentum 0.9, no weight decay, head ``lr`` 0.5,
-    ``backbone_lr`` 0.005, cosine per epoch, ``N(0, 0.01)`` head). Other arguments: :class:`LinearEval`
-    (``cache_features`` is not available: the features change).
+    ``backbone_lr`` 0.005, cosine per epoch, ``N(0, 0.01)`` head). ``encoder_bn`` defaults to ``train`` (BatchNorm
+    statistics update, as every official fine-tuning script: ``model.train()``); ``eval`` keeps the pre-training
+    statistics while the weights train. Other arguments: :class:`LinearEval` (``cache_features`` is not
+    available: the features change).
 
     ``layer_decay`` (ViTs; BEiT / MAE fine-tuning): layer-wise learning-rate decay from timm's
     ``param_groups_layer_decay``: block ``i`` (0-indexed) of ``L`` trains at ``backbone_lr * layer_decay^(L - 1 - i)``
@@ -356,13 +494,14 @@ class FineTune(LinearEval):
         backbone_lr: float = 0.005,
         lr: float = 0.5,
         layer_decay: Optional[float] = None,
+        encoder_bn: EncoderBN = "train",
         **kwargs: Any,
     ) -> None:
         if backbone_lr < 0:
             raise ValueError(f"backbone_lr must be >= 0, got {backbone_lr}")
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
-        super().__init__(checkpoint, num_classes, lr=lr, **kwargs)
+        super().__init__(checkpoint, num_classes, lr=lr, encoder_bn=encoder_bn, **kwargs)
         self.backbone_lr = backbone_lr
         self.layer_decay = layer_decay
         if layer_decay is not None and not callable(getattr(self.backbone, "group_matcher", None)):
@@ -372,7 +511,7 @@ class FineTune(LinearEval):
     @override
     def param_groups(self) -> list[dict]:
         scale = self.scale()
-        head = {"params": list(self.head.parameters()), "lr": self.lr * scale}
+        head = {"params": self.head_parameters(), "lr": self.lr * scale}
         if self.layer_decay is None:
             return [head, {"params": list(self.backbone.parameters()), "lr": self.backbone_lr * scale}]
         from timm.optim import param_groups_layer_decay
@@ -391,6 +530,10 @@ class KNNEval(EvalModule):
         checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs: see :class:`EvalModule`.
         num_classes: classes (checked against the data; inferred from the bank labels when None).
         k, temperature: :class:`~mvssl_lightning.callbacks.OnlineKNN`'s neighbours and vote temperature.
+        max_bank_size, bank_dtype: :class:`~mvssl_lightning.callbacks.OnlineKNN`'s bank cap (None: the whole
+            training split) and bank precision (``"float32"``, exact; ``"bfloat16"`` / ``"float16"``: half
+            the memory, rounded features). The search is chunked either way: at ImageNet scale
+            (1.28M x 2048) the bank is the only full-size tensor, 10 GB in float32, 5 GB in a half type.
 
     The data module must yield two validation loaders, bank then queries (``LabeledDataModule(knn_bank=True)``).
     """
@@ -406,11 +549,14 @@ class KNNEval(EvalModule):
         zero_init_residual: bool = True,
         backbone_kwargs: Optional[dict] = None,
         checkpoint_key: CheckpointKey = "student",
+        max_bank_size: Optional[int] = None,
+        bank_dtype: BankDtype = "float32",
     ) -> None:
         super().__init__(checkpoint, backbone, cifar_stem, zero_init_residual, backbone_kwargs,
                          checkpoint_key=checkpoint_key)
         self.save_hyperparameters()
-        self.knn = OnlineKNN(k=k, temperature=temperature, num_classes=num_classes, log_prefix="knn")
+        self.knn = OnlineKNN(k=k, temperature=temperature, num_classes=num_classes, log_prefix="knn",
+                             max_bank_size=max_bank_size, bank_dtype=bank_dtype)
         self.num_classes = num_classes
 
     @override

@@ -32,7 +32,8 @@ which we follow.  The official ``LossMultiNCE`` defaults to ``tclip=10`` but ``t
 
 Numerics: everything runs in float32 with autocast disabled (float64 inputs stay float64); the
 log-softmax uses ``logsumexp``.  The official code selects the 5x5 cell with uint8 masks, which
-current torch rejects in ``masked_select``; we index the cell directly.
+current torch rejects in ``masked_select``; we index the cell directly. The positives and the negatives'
+log-sum-exp are taken with a diagonal view and a ``-inf`` fill rather than boolean masks (no host sync).
 
 Distributed (``gather_distributed``, default True): the official code runs one process
 (``nn.DataParallel``) and contrasts every anchor with the whole batch.  Under DDP we gather the
@@ -94,11 +95,11 @@ def _nce(src: Tensor, trg_all: Tensor, offset: int, tclip: float, reg_weight: fl
     scores = torch.einsum("bc,ncl->bnl", src, trg_all) / math.sqrt(c)  # (B, N, L)
     reg = reg_weight * scores.pow(2).mean()
     scores = tanh_clip(scores, tclip)
-    rows = torch.arange(b, device=src.device)
-    pos_mask = torch.zeros(b, n, dtype=torch.bool, device=src.device)
-    pos_mask[rows, rows + offset] = True
-    pos = scores[pos_mask]  # (B, L): anchor b, every location of its own image
-    neg = scores[~pos_mask].reshape(b, -1)  # (B, (N - 1) L): all locations of the other images
+    # no boolean-mask indexing (it waits for the device to count the mask): the positives are the diagonal of
+    # the local block, the negatives all scores with the anchor's own image set to -inf (adds exp(-inf) = 0)
+    pos = scores.narrow(1, offset, b).diagonal(dim1=0, dim2=1).T  # (B, L): anchor b, its own image
+    own = torch.arange(n, device=src.device) == torch.arange(offset, offset + b, device=src.device)[:, None]
+    neg = scores.masked_fill(own[:, :, None], -math.inf).flatten(1)  # (B, N L): other images' locations
     neg_lse = torch.logsumexp(neg, dim=1, keepdim=True)  # shared by the L positives of anchor b
     log_softmax = pos - torch.logaddexp(pos, neg_lse)
     return -log_softmax.mean(), reg

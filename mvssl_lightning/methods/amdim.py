@@ -29,6 +29,7 @@ from bisect import bisect_right
 from functools import partial
 from typing import Callable, Optional, Sequence, cast
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -137,11 +138,26 @@ class AMDIM(SiameseModule):
         self.criterion = AMDIMLoss(tclip, reg_weight, gather_distributed)
         self.lr_milestones = sorted(int(m) for m in lr_milestones)
         self.lr_gamma = lr_gamma
+        self._compiled_multiscale: Optional[Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]] = None
 
     def multiscale_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7))`` after the heads."""
+        """``(r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7))`` after the heads; compiled
+        with ``compile=True`` (the training path: the encoder's ``forward_maps`` and the heads)."""
+        if self._compiled_multiscale is not None:
+            return self._compiled_multiscale(x)
+        return self._multiscale(x)
+
+    def _multiscale(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r1, h5, h7 = cast(AMDIMEncoder, self.backbone).forward_maps(x)
         return r1, self.heads["r5"](h5), self.heads["r7"](h7)
+
+    @override
+    def configure_model(self) -> None:
+        """As :class:`SiameseModule` (the encoder's ``forward``, which features and evaluation use), and
+        :meth:`multiscale_features`, which training uses: ``forward_maps`` bypasses the compiled ``forward``."""
+        super().configure_model()
+        if self.compile_backbone and self._compiled_multiscale is None:
+            self._compiled_multiscale = torch.compile(self._multiscale)
 
     @override
     def compute_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:

@@ -20,6 +20,7 @@ base argument.  A user's own subclass may instead take ``**kwargs`` and pass the
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -38,6 +39,10 @@ from mvssl_lightning.models.backbones import Backbone, backbone_kind, backbone_n
 from mvssl_lightning.models.timm_backbone import check_view_size
 
 LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+class ViewCountError(ValueError):
+    """The data module's view recipe gives the method the wrong number of views (the message says what to change)."""
 
 
 class SiameseModule(L.LightningModule):
@@ -74,7 +79,10 @@ class SiameseModule(L.LightningModule):
         channels_last: run the backbone in ``channels_last`` memory format (faster convs on GPU).
         compile: ``torch.compile`` the backbone and its EMA copies (in ``configure_model``, in place, so
             checkpoints keep plain parameter names).
-        check_finite: raise on a non-finite loss, naming the step and the offending terms.
+        check_finite: raise on a non-finite loss, naming the step and the offending terms. Checked on the
+            device at every step and read on the host every ``log_every_n_steps`` steps, at the end of each
+            epoch and before a checkpoint is written (no host sync per step), so the error comes up to that
+            many steps after the step it names and no checkpoint holds a non-finite run.
         skip_nonfinite_grads: when a gradient holds NaN or inf, zero all gradients of that step and warn
             (the official MVEB code's ``skip_nan_grad_backward``); off by default.
     """
@@ -162,6 +170,7 @@ class SiameseModule(L.LightningModule):
         self.clip_grad = clip_grad
         self._rng_to_restore: Optional[dict[str, Any]] = None
         self._view_sizes: set[tuple[int, int]] = set()
+        self._nonfinite: Optional[dict[str, Any]] = None  # see _check_finite
         # every constructor argument, the subclass's included (Lightning reads them off the call frames;
         # under LightningCLI, its own record with the class path that ``--ckpt_path`` needs)
         self.save_hyperparameters()
@@ -189,7 +198,9 @@ class SiameseModule(L.LightningModule):
         """
         if self.ema is not None:
             total = self.total_steps() if self.ema.schedule == "cosine" else step
-            self.log("train/ema_momentum", self.ema.update(self, step, total))
+            momentum = self.ema.update(self, step, total)
+            # a fill on the device, not Lightning's torch.tensor(float, device=...) copy (a host sync on CUDA)
+            self.log("train/ema_momentum", torch.full((), momentum, device=self.device))
 
     @override
     def configure_model(self) -> None:
@@ -209,7 +220,9 @@ class SiameseModule(L.LightningModule):
         if self.check_finite:
             self._check_finite(loss, terms, batch_idx)
         batch_size = views[0].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # not prog_bar: Lightning converts progress-bar values to Python numbers at every step and every read
+        # of callback_metrics, a host sync each; the loss is in the logger and RunSummary's table
+        self.log("train/loss", loss, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
         return {"loss": loss, "features": features.detach()}
 
@@ -255,32 +268,89 @@ class SiameseModule(L.LightningModule):
             )
         n = len(views)
         if n < self.min_views or (self.max_views is not None and n > self.max_views):
-            if self.max_views == self.min_views:
-                wanted = f"{self.min_views}"
-            elif self.max_views is None:
-                wanted = f"at least {self.min_views}"
-            else:
-                wanted = f"{self.min_views}..{self.max_views}"
-            raise ValueError(
-                f"{type(self).__name__} needs {wanted} views per sample, but the view recipe gave {n}; "
-                f"pick a matching recipe (data.views)"
-            )
+            raise ViewCountError(self._view_count_message(n, None))
         for v in views:  # each new view size once (Python ints: no device sync)
             size = (int(v.shape[-2]), int(v.shape[-1]))
             if size not in self._view_sizes:
                 check_view_size(self.backbone, self.backbone_name, *size)
                 self._view_sizes.add(size)
 
+    def _view_count_message(self, n: int, recipe: Optional[str]) -> str:
+        if self.max_views == self.min_views:
+            wanted = f"{self.min_views}"
+        elif self.max_views is None:
+            wanted = f"at least {self.min_views}"
+        else:
+            wanted = f"{self.min_views}..{self.max_views}"
+        gave = f"the view recipe{f' {recipe!r}' if recipe else ''} gave {n}"
+        return f"{type(self).__name__} needs {wanted} views per sample, but {gave}; {self.views_hint()}"
+
+    def views_hint(self) -> str:
+        """What to change when the view recipe gives this method the wrong number of views (a method whose
+        options change the count, InfoMin's ``jigsaw``, names that option too)."""
+        return "pick a matching recipe (data.views)"
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Check the data module's view count (its ``num_views``, known once its ``setup`` chose the recipe) before
+        anything runs, the start-of-run validation included; the training step checks every batch again."""
+        trainer = attached_trainer(self)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        n = getattr(datamodule, "num_views", None)
+        if isinstance(n, int) and (n < self.min_views or (self.max_views is not None and n > self.max_views)):
+            raise ViewCountError(self._view_count_message(n, getattr(datamodule, "views_name", None)))
+
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
-        if torch.isfinite(loss.detach()).all():
+        """Record the first non-finite loss on the device (no host sync) and read the record every
+        ``log_every_n_steps`` steps, at the end of each epoch and of the fit (every step without a Trainer):
+        the error names the step where the loss first went non-finite, up to that many steps later."""
+        values = torch.stack([v.detach().float().reshape(()) for v in (loss, *terms.values())])
+        names = list(terms)
+        record = self._nonfinite
+        if record is None or record["names"] != names:
+            self._raise_if_nonfinite()
+            record = self._nonfinite = {
+                "names": names, "step": torch.full((), -1, dtype=torch.long, device=values.device),
+                "values": values.clone(), "at": {},
+            }
+        first = (record["step"] < 0) & ~torch.isfinite(values[0])
+        record["step"] = torch.where(first, self.global_step, record["step"])
+        record["values"] = torch.where(first, values, record["values"])
+        record["at"][self.global_step] = (self.current_epoch, batch_idx)
+        trainer = attached_trainer(self)
+        interval = max(int(getattr(trainer, "log_every_n_steps", 1) or 50), 1) if trainer is not None else 1
+        if (self.global_step + 1) % interval == 0:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        """Read the record of :meth:`_check_finite` (one host sync) and raise if a loss was non-finite."""
+        record, self._nonfinite = self._nonfinite, None
+        if record is None:
             return
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        step = int(record["step"])
+        if step < 0:
+            record["at"] = {}
+            self._nonfinite = record
+            return
+        loss, *values = record["values"].tolist()
+        epoch, batch_idx = record["at"].get(step, (self.current_epoch, "?"))
+        bad = [k for k, v in zip(record["names"], values, strict=True) if not math.isfinite(v)]
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(record["names"], values, strict=True))
         raise FloatingPointError(
-            f"non-finite loss {float(loss.detach()):.4g} at global step {self.global_step} "
-            f"(epoch {self.current_epoch}, batch {batch_idx}); non-finite terms: {bad or ['loss']}; "
-            f"terms: {values}. Lower the learning rate, check the inputs, or use precision 32 to debug."
+            f"non-finite loss {loss:.4g} at global step {step} "
+            f"(epoch {epoch}, batch {batch_idx}); non-finite terms: {bad or ['loss']}; "
+            f"terms: {terms}. Lower the learning rate, check the inputs, or use precision 32 to debug."
         )
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        if self.check_finite:
+            self._raise_if_nonfinite()
+
+    @override
+    def on_train_end(self) -> None:
+        if self.check_finite:
+            self._raise_if_nonfinite()
 
     # ------------------------------------------------------------------ checkpoints
     @override
@@ -288,6 +358,8 @@ class SiameseModule(L.LightningModule):
         """Record the method class, the logger version and the random-number generators' states, so that a
         resumed run is checked against its configuration, logs into the same run directory and draws the
         same random numbers (:mod:`mvssl_lightning.resume`), and the data module's ``data_summary()``."""
+        if self.check_finite:  # never write a checkpoint of a run whose loss went non-finite since the last read
+            self._raise_if_nonfinite()
         trainer = attached_trainer(self)
         logger = trainer.logger if trainer is not None else None
         version = getattr(logger, "version", None)

@@ -208,6 +208,14 @@ class InfoMin(SiameseModule):
         # the view count this configuration needs exactly (checked by SiameseModule._check_views)
         self.min_views = self.max_views = 2 + (num_patches if jigsaw else 0)
 
+    @override
+    def views_hint(self) -> str:
+        if self.jigsaw:  # the 32 px recipe (infomin_cifar, what views: auto takes on small images) has no jigsaw
+            return ("the jigsaw branch (model.jigsaw: true, the official preset) needs the recipe's jigsaw patches: "
+                    "set --model.jigsaw false, or --data.view_kwargs '{jigsaw: true}'")
+        return ("jigsaw is off (model.jigsaw: false): use a recipe without jigsaw patches "
+                "(data.view_kwargs: {jigsaw: false})")
+
     def _key(self, x: Tensor) -> Tensor:
         return F.normalize(at_least_float32(self.teacher_projector(self.teacher_backbone(x))), dim=1)
 

@@ -197,5 +197,5 @@ class MEC(SiameseModule):
             p2 = self.teacher_projector(self.teacher_backbone(x2))
         lambda_inv = self.current_lambda_inv(x1.shape[0])
         loss, terms = self.criterion(p1, p2, z1, z2, lambda_inv)
-        terms["lambda_inv"] = torch.tensor(lambda_inv, device=loss.device)
+        terms["lambda_inv"] = torch.full((), lambda_inv, device=loss.device)  # a fill: no host-to-device copy
         return loss, terms, f1

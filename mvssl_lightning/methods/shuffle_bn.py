@@ -78,6 +78,8 @@ def shuffled_key_forward(
         dist.broadcast(perm, src=0)
         rank = dist.get_rank()
     shard = x_all[perm[rank * batch:(rank + 1) * batch]]
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        shard = shard.contiguous(memory_format=torch.channels_last)  # the key encoder keeps NHWC (no-op if kept)
     k_shuffled = torch.cat([encoder(c) for c in torch.tensor_split(shard, groups)])
     k_shuffled_all = concat_all_gather(k_shuffled.contiguous()) if world > 1 else k_shuffled
     k_all = torch.empty_like(k_shuffled_all)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mvssl_lightning.data.device.step import DeviceStep, Params
+from mvssl_lightning.data.device.step import DeviceStep, Params, constant
 
 __all__ = [
     "DeviceColorJitter",
@@ -98,7 +98,7 @@ def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     """``(B, H, W)`` HSV -> ``(B, 3, H, W)`` RGB: channel ``n`` in (5, 3, 1) is
     ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6`` (the closed form of the
     six-sector table)."""
-    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    n = constant((5.0, 3.0, 1.0), h.device, h.dtype).view(1, 3, 1, 1)
     k = (n + 6 * h.unsqueeze(1)) % 6
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     v, s = v.unsqueeze(1), s.unsqueeze(1)
@@ -277,8 +277,8 @@ class DeviceNormalize(DeviceStep):
         return {}
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = constant(self.mean, x.device, x.dtype).view(1, -1, 1, 1)
+        std = constant(self.std, x.device, x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def __repr__(self) -> str:

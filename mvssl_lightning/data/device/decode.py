@@ -8,6 +8,21 @@ tensor when the workers decode and all images share a size).  On the device,
 on CUDA, libjpeg-turbo on the CPU) and pads the images into one ``(B, 3, H, W)`` uint8 tensor with
 their true sizes.
 
+**Bounded memory.** Padding to the largest image makes one 2000 px photo cost a 256-image batch about
+3 GB. With ``max_side`` (:meth:`DeviceViewStage <mvssl_lightning.data.device.stage.DeviceViewStage>` sets it
+from the recipe's crops) every decoded image whose longer side exceeds it is first resized, antialiased,
+to that longer side, so the padded batch holds at most ``B x 3 x max_side**2`` bytes. Random resized crops
+are drawn relative to the image, so they cover the same regions of the smaller image.
+
+**nvJPEG and the caching allocator** (pytorch/vision#9606): torchvision's CUDA decoder allocates its
+outputs on the *current* stream but writes them from a private stream that does not wait for the
+current one, so it can be handed memory that kernels queued on the current stream (the previous
+training step) are still reading, and overwrite it. :func:`_decode_jpeg_cuda` therefore decodes with a
+dedicated stream current: the outputs come from that stream's own pool, which nothing else frees into;
+the stream first waits for the caller's work (``wait_stream``), the caller then waits for the decode, and
+each output is marked as used by the caller (``record_stream``) so that its memory is not reused for the
+next decode while the caller's kernels still read it.
+
 ``RawImages`` is neither a tensor nor a sequence, so Lightning's batch transfer leaves its bytes on
 the CPU, where ``decode_jpeg(..., device="cuda")`` wants them.  It also carries what each image is
 (a file path, or an npz entry with its index and split) when the samples say so -- ``(image, label,
@@ -23,12 +38,13 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from mvssl_lightning.data.images import uint16_to_uint8
 
-__all__ = ["RawImages", "decode_to_batch", "is_jpeg", "pad_images", "raw_collate"]
+__all__ = ["RawImages", "decode_to_batch", "is_jpeg", "pad_images", "raw_collate", "shrink_to"]
 
 _JPEG_MAGIC = (0xFF, 0xD8)
 
@@ -98,6 +114,26 @@ def _as_uint8(item: Tensor, what: str) -> Tensor:
     return item
 
 
+_DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _decode_jpeg_cuda(data: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Batched nvJPEG decoding that cannot overwrite memory the caller's queued kernels still read
+    (module docstring; pytorch/vision#9606)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    caller = torch.cuda.current_stream(index)
+    stream = _DECODE_STREAMS.get(index)
+    if stream is None:
+        stream = _DECODE_STREAMS[index] = torch.cuda.Stream(index)
+    stream.wait_stream(caller)
+    with torch.cuda.stream(stream):  # the outputs are allocated from this stream's pool
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    caller.wait_stream(stream)
+    for img in decoded:
+        img.record_stream(caller)  # freed later by the caller: reused only after its queued work
+    return decoded
+
+
 def _decode_all(images: RawImages, device: torch.device) -> list[Tensor]:
     """Decode file bytes to ``(3, H, W)`` uint8 on ``device``; decoded items are only moved."""
     items = images.items
@@ -105,7 +141,7 @@ def _decode_all(images: RawImages, device: torch.device) -> list[Tensor]:
     jpeg = [i for i, t in enumerate(items) if t.dim() == 1 and is_jpeg(t)] if device.type == "cuda" else []
     if jpeg:
         try:
-            decoded = decode_jpeg([items[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+            decoded = _decode_jpeg_cuda([items[i] for i in jpeg], device)
         except RuntimeError:  # find the culprit with the CPU decoder for a clear message
             decoded = [_decode_cpu(items[i], images.describe(i)).to(device) for i in jpeg]
         for i, img in zip(jpeg, decoded, strict=True):
@@ -137,14 +173,38 @@ def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return batch, sizes
 
 
-def decode_to_batch(images: Union[RawImages, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """A training batch's images as ``(B, 3, H, W)`` uint8 on ``device`` plus their ``sizes (B, 2)``."""
+def shrink_to(image: Tensor, max_side: int) -> Tensor:
+    """``image (3, H, W)`` uint8 resized (bilinear, antialiased) so that its longer side is ``max_side``, the
+    aspect ratio kept (sides rounded); returned as it is when it already fits."""
+    h, w = image.shape[-2:]
+    if max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    size = (max(1, min(max_side, round(h * f))), max(1, min(max_side, round(w * f))))
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_to_batch(
+    images: Union[RawImages, Tensor], device: torch.device, max_side: Optional[int] = None
+) -> tuple[Tensor, Tensor]:
+    """A training batch's images as ``(B, 3, H, W)`` uint8 on ``device`` plus their ``sizes (B, 2)``.
+
+    ``max_side``: images of mixed sizes (a :class:`RawImages`) whose longer side exceeds it are resized to it
+    (:func:`shrink_to`) before padding, so that the batch takes at most ``B x 3 x max_side**2`` bytes; a
+    stacked batch (one size, no padding) is left as it is.
+    """
     if isinstance(images, Tensor):
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}")
         b, _, h, w = images.shape
         return images.to(device, non_blocking=True), torch.tensor([[h, w]] * b, dtype=torch.int64)
-    return pad_images(_decode_all(images, torch.device(device)))
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+    decoded = _decode_all(images, torch.device(device))
+    if max_side is not None:
+        decoded = [shrink_to(img, max_side) for img in decoded]
+    return pad_images(decoded)
 
 
 def raw_collate(

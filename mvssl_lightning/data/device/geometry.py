@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from mvssl_lightning.data.device.step import DeviceStep, Params
+from mvssl_lightning.data.device.step import DeviceStep, Params, upload
 
 __all__ = [
     "DeviceFlip",
@@ -114,9 +114,9 @@ def bicubic_upsampled_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int
     ``(K, 3, size, size)`` float32 (uint8 sources: in ``[0, 1]``).
     """
     top, left, h, w = boxes.cpu().long().unbind(1)
-    rows, wy = (t.to(src.device) for t in _upsample_taps(top, h, size))
-    cols, wx = (t.to(src.device) for t in _upsample_taps(left, w, size))
-    b = index.to(src.device).view(-1, 1, 1)
+    rows, wy = (upload(t, src.device) for t in _upsample_taps(top, h, size))
+    cols, wx = (upload(t, src.device) for t in _upsample_taps(left, w, size))
+    b = upload(index, src.device).view(-1, 1, 1)
     hwc = src.permute(0, 2, 3, 1)
     is_u8 = src.dtype == torch.uint8
     passes = []  # horizontal pass on each of the 4 tapped rows of every output row
@@ -156,7 +156,7 @@ def resized_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int, bicubic:
         out = resized_crops(src, boxes, index, size)
         if bool(up.any()):
             sel = up.nonzero()[:, 0]
-            out[sel.to(src.device)] = bicubic_upsampled_crops(src, boxes[sel], index[sel], size)
+            out[upload(sel, src.device)] = bicubic_upsampled_crops(src, boxes[sel], index[sel], size)
         return out
     boxes, index = boxes.cpu().float(), index.cpu()
     out = src.new_empty((boxes.shape[0], src.shape[1], size, size), dtype=torch.float32)
@@ -170,12 +170,12 @@ def resized_crops(src: Tensor, boxes: Tensor, index: Tensor, size: int, bicubic:
         part = src[start:start + chunk].float().mul_(scale)
         top, left, h, w = boxes[sel].unbind(1)
         rois = torch.stack([(index[sel] - start).float(), left, top, left + w, top + h], dim=1)
-        crops = roi_align(part, rois.to(src.device, non_blocking=True), output_size=size, spatial_scale=1.0,
+        crops = roi_align(part, upload(rois, src.device), output_size=size, spatial_scale=1.0,
                           sampling_ratio=-1, aligned=True)
         if sel.numel() == boxes.shape[0]:
             out = crops
         else:
-            out[sel.to(src.device)] = crops
+            out[upload(sel, src.device)] = crops
     return out
 
 
@@ -277,7 +277,7 @@ def crop_patches(x: Tensor, grid: int, cell: int, patch: int, generator: torch.G
     row-major, offsets ``~ U{0..cell-patch}`` per image and cell (official ``JigsawCrop``).
     """
     offsets = torch.randint(0, cell - patch + 1, (x.shape[0], grid * grid, 2), generator=generator)
-    offsets = offsets.to(x.device)
+    offsets = upload(offsets, x.device)
     out = []
     for k in range(grid * grid):
         top = (k // grid) * cell + offsets[:, k, 0]

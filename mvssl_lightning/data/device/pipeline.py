@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mvssl_lightning.data.device.geometry import DeviceResizedCrop, crop_patches, resized_crops
-from mvssl_lightning.data.device.step import DeviceStep
+from mvssl_lightning.data.device.step import DeviceStep, upload
 
 __all__ = ["DeviceView", "DeviceViews"]
 
@@ -75,7 +75,7 @@ class DeviceViews:
     def __call__(self, src: Tensor, sizes: Tensor, generator: torch.Generator) -> list[Tensor]:
         b = src.shape[0]
         sizes = sizes.cpu()
-        flip = (torch.rand(b, generator=generator) < self.shared_flip).to(src.device)
+        flip = upload(torch.rand(b, generator=generator) < self.shared_flip, src.device)
         uses: dict[int, list[int]] = {}
         for pos, view in enumerate(self.views):
             uses.setdefault(id(view), []).append(pos)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mvssl_lightning.data.device.color import blend, grayscale
-from mvssl_lightning.data.device.step import DeviceStep, Params
+from mvssl_lightning.data.device.step import DeviceStep, Params, constant, upload
 from mvssl_lightning.data.randaugment_policy import MAX_LEVEL, RAND_AUGMENT_OPS, RandAugmentOp, RandAugmentPolicy
 
 __all__ = ["DeviceRandAugment", "GEOMETRIC_OPS", "SIGNED_OPS"]
@@ -291,14 +291,14 @@ class DeviceRandAugment(DeviceStep, RandAugmentPolicy):
             return x
         dev = x.device
         if "geo0" not in params:  # parameters built by hand: select on the CPU once
-            params = {**params, **{k: v.to(dev) for k, v in self._selections(params).items()}}
-        codes = torch.tensor([_CODE[name] for name in self.ops], device=dev)
-        fill = torch.tensor(self.fill, dtype=torch.float32, device=dev) / 255.0
+            params = {**params, **{k: upload(v, dev) for k, v in self._selections(params).items()}}
+        codes = constant([_CODE[name] for name in self.ops], dev, torch.int64)
+        fill = constant(self.fill, dev, torch.float32) / 255.0
         out = x.clone()
         for k in range(params["op"].shape[1]):
-            code = codes[params["op"][:, k].to(dev)]
-            r = params["level"][:, k].to(dev, torch.float32).clamp(0.0, MAX_LEVEL) / MAX_LEVEL
-            sign = params["sign"][:, k].to(dev, torch.float32)
+            code = codes[upload(params["op"][:, k], dev)]
+            r = upload(params["level"][:, k], dev).float().clamp(0.0, MAX_LEVEL) / MAX_LEVEL
+            sign = upload(params["sign"][:, k], dev).float()
             for key, idx in params.items():
                 if key.startswith(f"idx{k}_") and idx.numel():
                     name = RAND_AUGMENT_OPS[int(key.rpartition("_")[2])]

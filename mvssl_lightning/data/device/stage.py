@@ -7,7 +7,9 @@ about them that is not the data module's:
   recipe (it raises :class:`~mvssl_lightning.data.device.registry.UnsupportedOnDevice`, naming the
   step, when a step has no device counterpart; the data module then keeps the CPU path);
 - **decoding**: which JPEGs the data-loader workers decode (:meth:`DeviceViewStage.collate_fn`) and
-  the batched decode of the rest on the device (:meth:`DeviceViewStage.make_views`);
+  the batched decode of the rest on the device (:meth:`DeviceViewStage.make_views`), with images larger
+  than the recipe's crops need resized first (:func:`max_source_side`), so that a batch padded to its
+  largest image stays bounded;
 - the **random stream** of the views' parameters: a CPU ``torch.Generator`` seeded per process rank,
   and its checkpoint state.
 
@@ -27,9 +29,10 @@ import torch
 from torch import Tensor
 
 from mvssl_lightning.data.device.decode import RawImages, decode_to_batch, raw_collate
+from mvssl_lightning.data.device.pipeline import DeviceViews
 from mvssl_lightning.data.device.recipe import compile_views
 
-__all__ = ["AUTO_DEVICE_DECODE_MIN_BYTES", "DECODE_CHOICES", "DecodeMode", "DeviceViewStage"]
+__all__ = ["AUTO_DEVICE_DECODE_MIN_BYTES", "DECODE_CHOICES", "DecodeMode", "DeviceViewStage", "max_source_side"]
 
 #: Where ``gpu_views`` decodes JPEGs (see ``DeviceViewStage``).
 DecodeMode = Literal["auto", "device", "workers"]
@@ -42,6 +45,24 @@ AUTO_DEVICE_DECODE_MIN_BYTES = 16 * 1024
 RANK_SEED_STRIDE = 7919
 
 
+def max_source_side(views: DeviceViews) -> Optional[int]:
+    """The longest image side the recipe's crops can use: ``max over views of ceil(S * sqrt(r / s))`` for a
+    ``RandomResizedCrop(S, scale=(s, _), ratio)`` with ``r = max(ratio_max, 1 / ratio_min)``.
+
+    At that side a square image gives its smallest, most elongated crop at least ``S`` source pixels across,
+    so decoding larger images buys no detail the views keep (crops are drawn relative to the image). None when
+    a view takes the whole image (no crop): those need the images' own sizes.
+    """
+    sides = []
+    for view in views.views:
+        if view.crop is None:
+            return None
+        c = view.crop
+        r = max(c.ratio[1], 1 / c.ratio[0], 1.0)
+        sides.append(math.ceil(c.size * math.sqrt(r / max(c.scale[0], 1e-6))))
+    return max(sides)
+
+
 class DeviceViewStage:
     """Decode and augment raw training batches on their device, with a checkpointed random stream.
 
@@ -52,6 +73,9 @@ class DeviceViewStage:
             CPU device), ``"workers"`` (in the data-loader workers), or ``"auto"``: on CUDA, files of at
             least ``AUTO_DEVICE_DECODE_MIN_BYTES`` on the device and smaller ones in the workers; off
             CUDA, in the workers.
+        max_side: images of a batch with mixed sizes whose longer side exceeds this are resized to it
+            before padding (``"auto"``: :func:`max_source_side` of the recipe, 915 px for ImageNet's
+            ``RandomResizedCrop(224)``; None: never), bounding the batch to ``B x 3 x max_side**2`` bytes.
 
     Raises:
         UnsupportedOnDevice: a step of ``recipe`` has no device counterpart (the message names it).
@@ -60,9 +84,12 @@ class DeviceViewStage:
     #: The key of the generator state in :meth:`state_dict` (the data module's checkpoint key).
     STATE_KEY = "view_generator"
 
-    def __init__(self, recipe: Callable, decode: DecodeMode = "auto") -> None:
+    def __init__(self, recipe: Callable, decode: DecodeMode = "auto",
+                 max_side: Union[int, None, Literal["auto"]] = "auto") -> None:
         self.views = compile_views(recipe)
         self.decode = decode
+        #: decoded images of mixed sizes are resized to this longer side before padding (None: never)
+        self.max_side = max_source_side(self.views) if max_side == "auto" else max_side
         self._generator: Optional[torch.Generator] = None
         self._pending_state: Optional[Tensor] = None
 
@@ -117,7 +144,7 @@ class DeviceViewStage:
     # ------------------------------------------------------------------ views
     def make_views(self, images: Union[RawImages, Tensor], device: torch.device, rank: int = 0) -> list[Tensor]:
         """Decode (when needed) and augment a raw training batch on ``device``."""
-        src, sizes = decode_to_batch(images, device)
+        src, sizes = decode_to_batch(images, device, self.max_side)
         return self.views(src, sizes, self.generator(rank))
 
     def __call__(self, batch: Any, rank: int = 0) -> Any:

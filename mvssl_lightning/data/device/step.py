@@ -6,22 +6,48 @@ A :class:`DeviceStep` transforms a batch ``x (B, 3, H, W)`` of floats in ``[0, 1
 device and used by :meth:`DeviceStep.apply`.  Drawing on the CPU makes the pipeline reproducible
 from one seed whatever the device, and lets the tests check every parameter distribution against
 the CPU recipe without touching an image.
+
+Host-to-device copies never block the host: parameters go through pinned memory with
+``non_blocking=True`` (:func:`upload`; a copy from pageable memory would wait for the device), and
+constants (normalisation means, the hue ramp) are uploaded once per device and dtype (:func:`constant`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceStep", "Params", "params_to"]
+__all__ = ["DeviceStep", "Params", "constant", "params_to", "upload"]
 
 #: Per-sample parameters of one step: name -> tensor whose first dimension is the batch.
 Params = dict[str, Tensor]
 
 
+def upload(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; from the CPU to CUDA through pinned memory with ``non_blocking=True``, so that the
+    host does not wait (the caching host allocator keeps the pinned buffer until the copy has run)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    return upload(torch.tensor(values, dtype=dtype), device)
+
+
+def constant(values: Sequence[float], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A 1-D tensor of ``values`` on ``device``, uploaded once and cached: never modify it in place."""
+    return _constant(tuple(float(v) for v in values), torch.device(device), dtype)
+
+
 def params_to(params: Params, device: torch.device) -> Params:
-    """Move every parameter tensor to ``device`` (non-blocking from the CPU)."""
-    return {k: v.to(device, non_blocking=True) for k, v in params.items()}
+    """Move every parameter tensor to ``device`` (:func:`upload`: pinned, non-blocking from the CPU)."""
+    return {k: upload(v, device) for k, v in params.items()}
 
 
 class DeviceStep:

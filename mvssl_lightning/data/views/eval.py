@@ -18,6 +18,13 @@ def eval_view(size: int = 224, resize: int = 256, normalize: Normalize = IMAGENE
     return T.Compose([T.Resize(resize), T.CenterCrop(size), *to_tensor_normalize(normalize)])
 
 
-def eval_view_cifar(normalize: Normalize = CIFAR10_NORMALIZE) -> T.Compose:
-    """Deterministic CIFAR evaluation view: ToTensor and Normalize only (images stay 32 px)."""
-    return T.Compose(to_tensor_normalize(normalize))
+def eval_view_cifar(normalize: Normalize = CIFAR10_NORMALIZE, size: int = 32) -> T.Compose:
+    """Deterministic evaluation view of the small-image recipes: Resize(``size``), CenterCrop(``size``),
+    ToTensor, Normalize.
+
+    A ``size`` x ``size`` image (all of CIFAR at 32) passes the resize and the crop unchanged, so this is
+    ToTensor and Normalize there, as in the CIFAR protocols; an image of another size (a 40 px dataset, or
+    one large photo among small ones) is brought to the size the recipe trains at instead of breaking the
+    batch.
+    """
+    return T.Compose([T.Resize(size), T.CenterCrop(size), *to_tensor_normalize(normalize)])

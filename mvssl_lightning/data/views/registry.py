@@ -69,13 +69,13 @@ def get_view_recipe(name: str, **kwargs: Any) -> MultiViewRecipe:
 def default_eval_view(recipe_name: str, **view_kwargs: Any) -> Callable[[Any], torch.Tensor]:
     """The evaluation view that goes with a recipe.
 
-    ``*_cifar`` recipes get :func:`eval_view_cifar`; the others get :func:`eval_view` at the
-    recipe's global crop size (``global_size`` or ``size``, default 224) with the usual 256/224
+    ``*_cifar`` recipes get :func:`eval_view_cifar` at the recipe's crop size (default 32); the others get
+    :func:`eval_view` at the recipe's global crop size (``global_size`` or ``size``, default 224) with the usual 256/224
     resize ratio. The recipe's ``normalize`` is reused when given in ``view_kwargs``.
     """
     _check_name(recipe_name)
     norm_kw = {"normalize": view_kwargs["normalize"]} if "normalize" in view_kwargs else {}
     if recipe_name.endswith("_cifar"):
-        return eval_view_cifar(**norm_kw)
+        return eval_view_cifar(size=int(view_kwargs.get("global_size", view_kwargs.get("size", 32))), **norm_kw)
     size = int(view_kwargs.get("global_size", view_kwargs.get("size", 224)))
     return eval_view(size=size, resize=round(size * 256 / 224), **norm_kw)
