@@ -187,24 +187,29 @@ def plan(args: argparse.Namespace, logs: Path) -> Plan:
                optional=True),
         ]
 
-    def pl(name: str, cases: str, *extra: str, weight: float, min_s: float) -> Step:
+    def pl(name: str, cases: str, *extra: str, weight: float, min_s: float, optional: bool = False) -> Step:
         out = logs / f"pipeline-{name}"
         npz = learning_data(args)  # --data, or the bundle's CIFAR-10 subset (no ../shared on the GPU machine)
         data = ["--data", str(npz)] if args.data or (not smoke and npz.is_file()) else []
         return Step(name, ["-m", "benchmarks.pipeline", "--cases", cases, *data, *extra, "--out", str(out)],
-                    weight=weight, min_s=min_s, out=out)
+                    weight=weight, min_s=min_s, out=out, optional=optional)
 
     if smoke:
         tiny = ("--preset", "cpu-tiny", "--workers", "0", "--photo-size", "64")
         data = () if args.data else ("--data", "default")
         p.steps["pipeline"] = [pl("224px", "224px-two_views", *tiny, *data, weight=1, min_s=0),
-                               pl("32px", "32px-two_views_cifar", *tiny, *data, weight=1, min_s=0)]
+                               pl("32px", "32px-two_views_cifar", *tiny, *data, weight=1, min_s=0),
+                               pl("sources", "32px-two_views_cifar", *tiny, *data, "--sources", "npz,litdata",
+                                  "--source-workers", "0", weight=1, min_s=0)]
     else:
         p.steps["pipeline"] = [
             pl("224px", "224px-two_views,224px-mveb_multicrop", "--preset", "gpu", "--images", "1024",
                weight=0.6, min_s=15),
             pl("32px", "32px-two_views_cifar,32px-mveb_multicrop_cifar", "--preset", "gpu", "--images", "8192",
                weight=0.4, min_s=10),
+            # where the images come from (npz vs LitData shards), CPU path and gpu_views; with what time is left
+            pl("sources", "224px-two_views", "--preset", "gpu", "--images", "1024", "--sources", "npz,litdata",
+               "--source-workers", str(max(1, (os.cpu_count() or 2) - 1)), weight=0.0, min_s=30, optional=True),
         ]
 
     quality = []
@@ -379,7 +384,8 @@ def collect_rows(part: dict, step: Step, result: dict, pattern: str) -> None:
     for key, value in data.items():
         if key not in ("rows", "command"):
             results.setdefault(key, value)
-    results["rows"].extend({"step": step.name, **row} for row in data.get("rows", []))
+    if step.name != "sources":  # the sources step re-measures a 224 px case first: its source_rows are what it adds
+        results["rows"].extend({"step": step.name, **row} for row in data.get("rows", []))
     results.setdefault("commands", {})[step.name] = data.get("command")
 
 
@@ -620,6 +626,15 @@ def markdown(record: dict) -> str:
             lines.append(f"| {r['case']} | {r['device_path']['num_views']} | {r['batch_size']} | {r['workers']} | "
                          f"{r.get('decode')} | {_fmt(r['cpu_path']['images_per_s'])} | "
                          f"{_fmt(r['device_path']['images_per_s'])} | {r['speedup']:.2f}x |")
+    pipeline_part = next((p for p in record["parts"] if p["name"] == "pipeline"), {})
+    sources = pipeline_part.get("results", {}).get("source_rows", [])
+    if sources:
+        lines += ["", "Where the images come from (npz vs LitData shards, images/s):", "",
+                  "| case | source | workers | CPU path | device path |", "|---|---|---:|---:|---:|"]
+        for r in sources:
+            device_rate = _fmt(r["device_path"]["images_per_s"]) if "device_path" in r else "-"
+            lines.append(f"| {r['case']} | {r['source']} | {r['workers']} | {_fmt(r['cpu_path']['images_per_s'])} | "
+                         f"{device_rate} |")
     q = _rows(record, "quality")
     if q:
         qres = next(p for p in record["parts"] if p["name"] == "quality")["results"]

@@ -54,6 +54,8 @@ def test_cpu_smoke_runs_every_part_and_writes_the_results_after_each(tmp_path, m
     assert {"gpu", "torch", "cuda_build", "python", "cpu_count", "git_commit"} <= set(record["environment"])
     assert [p["name"] for p in record["parts"]] == PARTS
     assert [p["status"] for p in record["parts"]] == ["skipped", "ok", "ok", "ok", "skipped"]
+    sources = next(p for p in record["parts"] if p["name"] == "pipeline")["results"]["source_rows"]
+    assert {r["source"] for r in sources} == {"npz", "litdata"} and "Where the images come from" in md
     assert sorted(p.name for p in out.iterdir()) == [gpu_check.LOGS_ARCHIVE, "gpu-check-smoke-cpu.json",
                                                      "gpu-check-smoke-cpu.md"]  # the results only
     for part in record["parts"][:4]:
@@ -419,3 +421,5 @@ def test_dress_rehearsal_from_the_bundle_in_a_fresh_environment(tmp_path):
     installed = " ".join(record["setup"]["install"]["installed"])
     assert record["setup"]["status"] == "ok" and "lightly-" in installed and "jsonargparse-" in installed
     assert [p["status"] for p in record["parts"]] == ["skipped", "ok", "ok", "ok", "skipped"]
+    sources = next(p for p in record["parts"] if p["name"] == "pipeline")["results"]["source_rows"]
+    assert {r["source"] for r in sources} == {"npz", "litdata"} and "Where the images come from" in (out / "gpu-check-smoke-cpu.md").read_text()
