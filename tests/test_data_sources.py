@@ -83,8 +83,23 @@ def test_unlabelled_folder_trains_and_probe_and_knn_say_they_are_off(tmp_path, j
     assert cli.trainer.global_step == 1 and cli.datamodule.has_labels is False
     assert cli.datamodule.num_classes == 0
     off = [r.getMessage() for r in caplog.records if "off" in r.getMessage() and "no labels" in r.getMessage()]
-    assert any(m.startswith("OnlineLinearProbe") for m in off), off
-    assert any(m.startswith("OnlineKNN") for m in off), off
+    assert sum(m.startswith("OnlineLinearProbe") for m in off) == 1, off  # said once
+    assert sum(m.startswith("OnlineKNN") for m in off) == 1, off
+
+
+def test_a_run_without_an_evaluation_split_trains_and_still_says_where_its_checkpoint_is(tmp_path, jpegs, capsys):
+    root = tmp_path / "photos"
+    for i, data in enumerate(jpegs[:24]):
+        write(root / f"{i % 2}" / f"{i}.jpg", data)
+    run_cli([
+        "fit", "--config", str(REPO / "configs/quickstart.yaml"), "--trainer.max_epochs", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0", "--data.batch_size", "8",
+        "--model.proj_hidden_dim", "32", "--trainer.enable_progress_bar", "false",
+        "--data.dataset", "imagefolder", "--data.data_dir", str(root),
+    ])
+    out = capsys.readouterr().out
+    assert "no validation ran" in out
+    assert f"checkpoint: {tmp_path / 'quickstart' / 'version_0' / 'checkpoints' / 'last.ckpt'}" in out
 
 
 def test_an_empty_folder_is_an_error_naming_it(tmp_path):

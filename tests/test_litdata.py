@@ -371,3 +371,10 @@ def test_pipeline_benchmark_compares_the_sources(tmp_path):
     assert [r["source"] for r in rows] == ["npz", "imagefolder", "litdata"]
     assert all(r["cpu_path"]["images_per_s"] > 0 and r["cpu_path"]["num_views"] == 2 for r in rows)
     assert "| 32px-two_views_cifar | litdata | 8 | 0 |" in next(tmp_path.glob("pipeline-*.md")).read_text()
+
+
+def test_train_subset_with_shards_is_refused_before_any_data_is_read(tmp_path):
+    from mvssl_lightning.data import MultiViewDataModule
+
+    with pytest.raises(ValueError, match="train_subset=10 is not supported with dataset: litdata"):
+        MultiViewDataModule("litdata", str(tmp_path / "no-shards-here"), train_subset=10)

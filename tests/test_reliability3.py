@@ -418,3 +418,17 @@ def test_infomin_on_the_quickstart_trains_with_the_named_flag(tmp_path):
                    "--data.view_kwargs", "{jigsaw: true}", "--trainer.max_steps", "1", "--trainer.limit_val_batches",
                    "0", "--trainer.default_root_dir", str(tmp_path)])
     assert cli.trainer.global_step == 1 and cli.datamodule.num_views == 11
+
+
+def test_an_error_our_code_raises_from_a_library_error_keeps_our_message():
+    """Only jsonargparse's wrapper is unwrapped: a setup-time ``raise ValueError(<ours>) from <library error>``
+    (a truncated npz, say) is not replaced by the library error's text."""
+    from mvssl_lightning.core.cli_output import error_line
+
+    try:
+        try:
+            raise OSError("Bad magic number for central directory")
+        except OSError as inner:
+            raise ValueError("data/x.npz is not a readable .npz file (truncated?)") from inner
+    except ValueError as error:
+        assert error_line("mvssl", error) is None  # re-raised: the traceback ends with our message

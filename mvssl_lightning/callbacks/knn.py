@@ -106,8 +106,9 @@ class OnlineKNN(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
+        said = self._off
         self._off = getattr(datamodule, "has_labels", None) is False
-        if self._off:
+        if self._off and not said:  # once, not again for the fit after the start-of-run validation
             rank_zero_info("OnlineKNN: off: the data module's data have no labels (every label is -1), so there "
                            "is no labelled bank to classify with")
         classes = getattr(datamodule, "num_classes", None)

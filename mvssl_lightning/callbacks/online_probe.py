@@ -205,10 +205,12 @@ class OnlineLinearProbe(pl.Callback):
         feat_dim = getattr(pl_module, "feat_dim", None)
         self._expected_feat_dim = int(feat_dim) if isinstance(feat_dim, int) else None
         datamodule = getattr(trainer, "datamodule", None)
+        said = self._off
         self._off = getattr(datamodule, "has_labels", None) is False
         if self._off:
-            rank_zero_info("OnlineLinearProbe: off: the data module's data have no labels (every label is -1), "
-                           "so there is nothing to train the probe on")
+            if not said:  # once, not again for the fit after the start-of-run validation
+                rank_zero_info("OnlineLinearProbe: off: the data module's data have no labels (every label is -1), "
+                               "so there is nothing to train the probe on")
             return
         classes = getattr(datamodule, "num_classes", None)
         if isinstance(classes, int) and classes > 0 and classes != self.num_classes:

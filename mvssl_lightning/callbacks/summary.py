@@ -162,11 +162,16 @@ class RunSummary(pl.Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run_dir = trainer.log_dir  # a collective under DDP: every process asks
-        if not self.rows or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         log_dir = Path(run_dir) if run_dir else Path(trainer.default_root_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        if not self.rows:  # no validation ran (e.g. a dataset without an evaluation split): still say where things are
+            if self.print_summary and trainer.state.stage != "sanity_check":
+                print(format_files(log_dir, checkpoint, None, self.eval_config,
+                                   "Run summary: no validation ran, so there are no accuracies to show."))
+            return
+        log_dir.mkdir(parents=True, exist_ok=True)
         summary = {"rows": self.rows, "log_dir": str(log_dir), "checkpoint": checkpoint}
         (log_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         picture = log_dir / "learning_curves.png"
@@ -200,6 +205,13 @@ def format_summary(
         if first is not last and key in first and key in last:
             lines.append(f"{title}: {first[key]:.3f} at epoch {first['epoch']} -> {last[key]:.3f} "
                          f"({last[key] - first[key]:+.3f})")
+    return "\n".join([*lines, format_files(log_dir, checkpoint, picture, eval_config)])
+
+
+def format_files(log_dir: Path, checkpoint: str, picture: Optional[Path], eval_config: Optional[str] = None,
+                 heading: Optional[str] = None) -> str:
+    """Where the run's logs and checkpoint are, and the next commands (after ``heading`` when given)."""
+    lines = ["", heading] if heading else []
     lines.append(f"logs: {log_dir}" + (f"   learning curves: {picture}" if picture else ""))
     if checkpoint:
         lines.append(f"checkpoint: {checkpoint}")

@@ -54,7 +54,11 @@ def _union_items(message: str) -> list[str]:
 
 def error_line(prog: str, error: BaseException) -> Optional[str]:
     """``"<prog>: error: <Type>: <cause>"`` for an error raised by a constructor the command instantiated
-    (module docstring), or ``None`` for any other error (a bug keeps its traceback)."""
+    (module docstring), or ``None`` for any other error: a bug keeps its traceback, and an error our own code
+    raised while the run was set up (``raise ValueError(<our message>) from <library error>``) keeps its message,
+    which ends the traceback, instead of being replaced by the library error it wraps."""
+    if not _raised_by_jsonargparse(error):
+        return None
     cause = _cause(error)
     if cause is not error:
         return f"{prog}: error: {type(cause).__name__}: {cause}"

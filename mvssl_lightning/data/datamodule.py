@@ -208,6 +208,11 @@ class MultiViewDataModule(L.LightningDataModule):
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, got {decode!r}")
         if labels not in FOLDER_LABELS:
             raise ValueError(f"labels must be one of {FOLDER_LABELS}, got {labels!r}")
+        if train_subset is not None and self.dataset_name == "litdata":  # checked before any data is read
+            raise ValueError(
+                f"train_subset={train_subset} is not supported with dataset: litdata (LitData streams the whole "
+                "shards); write shards of the subset with mvssl-data optimize, or drop train_subset"
+            )
         if class_list is not None and self.dataset_name not in ("imagefolder", "filelist"):
             raise ValueError(f"class_list applies to dataset imagefolder or filelist, not {self.dataset_name!r}")
         self.data_dir = data_dir
@@ -416,11 +421,6 @@ class MultiViewDataModule(L.LightningDataModule):
         the epoch over processes, nodes and workers and holds the position in it (resumed from the checkpoint)."""
         from mvssl_lightning.data.shards import ShardLoader, ShardStream
 
-        if self.train_subset is not None:
-            raise ValueError(
-                f"train_subset={self.train_subset} is not supported with dataset: litdata (LitData streams the "
-                "whole shards); write shards of the subset with mvssl-data optimize, or drop train_subset"
-            )
         stream = ShardStream(str(self.data_dir), "train", self.view_transform, raw=self.device_stage is not None,
                              seed=seed)
         workers = self.num_workers
