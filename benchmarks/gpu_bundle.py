@@ -272,7 +272,8 @@ def prepare(dest: Path, data: Optional[Path] = None, n_train: int = 20000, n_tes
         "built": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "pythons": pythons,
         "platforms": list(IMAGE_PLATFORMS), "distributions": dists, "wheels": [w.name for w in wheels],
         "wheels_mib": round(wheel_mib, 2), "data": None if subset is None else {
-            "file": CIFAR_SUBSET, "source": str(data), **subset, "mib": round(_mib([dest / CIFAR_SUBSET]), 2)},
+            "file": CIFAR_SUBSET, "source": os.path.relpath(data, ROOT), **subset,
+            "mib": round(_mib([dest / CIFAR_SUBSET]), 2)},
         "requirements": requirements, "seconds": round(time.monotonic() - start, 1),
     }
     manifest["total_mib"] = round(_mib(p for p in dest.iterdir() if p.is_file()) + 0.01, 2)

@@ -41,7 +41,8 @@ from mvssl_lightning.data import MultiViewDataModule, embedded_default_path
 from mvssl_lightning.data.cli import optimize_shards
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10.npz"
 
 # name -> (image side, recipe, view kwargs, batch size)
 CASES = {
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     result = {
         "device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "preset": args.preset,
-        "data": str(data), "photo_size": args.photo_size, "images_per_config": n_images,
+        "data": os.path.relpath(data, REPO), "photo_size": args.photo_size, "images_per_config": n_images,
         "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "note": args.note, "rows": rows,
     }

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,6 +19,7 @@ import pytest
 import torch
 from gloo import run_in_processes
 from PIL import Image
+from preempt import KillAt
 
 from mvssl_lightning.data.cli import main as data_main
 from mvssl_lightning.data.cli import optimize_shards
@@ -244,17 +244,6 @@ def test_two_gloo_processes_see_disjoint_images_covering_the_epoch(npz_shards):
         assert not set(a) & set(b) and sorted(a + b) == list(range(N_TRAIN))
 
 
-class _KillAt(pl.Callback):
-    """Sends this process SIGTERM after optimiser step ``step`` (what a cluster's preemption does)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_interrupted_litdata_run_resumed_mid_epoch_is_bit_identical(npz_shards, tmp_path, workers):
     """5 steps per epoch, 2 epochs; SIGTERM after step 7 (mid-epoch 1) writes last.ckpt, the resumed run
@@ -263,7 +252,7 @@ def test_an_interrupted_litdata_run_resumed_mid_epoch_is_bit_identical(npz_shard
     reference, expected = _fit(out, tmp_path / "a", workers, max_epochs=2)
     assert reference.global_step == 10
     with pytest.raises(SystemExit):
-        _fit(out, tmp_path / "b", workers, callbacks=[_KillAt(7)], max_epochs=2)
+        _fit(out, tmp_path / "b", workers, callbacks=[KillAt(7)], max_epochs=2)
     ckpt = tmp_path / "b/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == 7

@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from preempt import KillAt
 
 from mvssl_lightning.callbacks import TrainingHealth
 from mvssl_lightning.callbacks.health import feature_std
@@ -237,17 +238,6 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- 2. resume is a continuation
 
 
-class _KillAt(pl.Callback):
-    """Sends this process SIGTERM after optimiser step ``step`` (what a cluster's preemption does)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _exact_run(tmp_path: Path, workers: int, callbacks: list, ckpt_path=None):
     from mvssl_lightning import MVEB, MultiViewDataModule
     from mvssl_lightning.callbacks import PreemptionCheckpoint
@@ -270,7 +260,7 @@ def test_a_preempted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tm
     reference, expected = _exact_run(tmp_path / "a", workers, [])
     assert reference.global_step == 10
     with pytest.raises(SystemExit) as stop:
-        _exact_run(tmp_path / "b", workers, [_KillAt(7)])
+        _exact_run(tmp_path / "b", workers, [KillAt(7)])
     assert stop.value.code == 128 + signal.SIGTERM
     ckpt = tmp_path / "b/checkpoints/last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 7
